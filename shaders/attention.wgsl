@@ -1,0 +1,198 @@
+// Causal multi-head self-attention of one layer, forward and backward, and Reversed Attention.
+// qkv (T, 3C) holds Q | K | V; head h owns columns [h·hs, (h+1)·hs) of each block.
+//
+// forward
+//   softmax_forward   A[h,i,j] = softmax_j(Q_i·K_j / sqrt(hs)) for j ≤ i, exactly 0 for j > i
+//   values_forward    Z[i, h] = s_h · Σ_j (A + η·M)[h,i,j] · V_j      (η·M: attention patching,
+//                                                                      s_h = 0 ablates head h)
+// backward, from G = dL/dZ (the gradient at c_proj's input)
+//   scores_backward       dA = G_h·Vᵀ;  R = A ⊙ (dA − rowsum(A ⊙ dA)) / sqrt(hs) = dL/d(Q·Kᵀ)
+//                         (differentiates A = softmax(S), S = Q·Kᵀ/sqrt(hs); R is kept: it is RA)
+//   query_backward        dQ = R·K         (differentiates P = Q·Kᵀ in Q)
+//   key_value_backward    dK = Rᵀ·Q        (… in K)   and   dV = (A + η·M)ᵀ·G_h   (differentiates Z)
+// Every output element has one writer: rows of A/R per workgroup, dQ per query row, dK/dV per key row.
+
+struct Params {
+    t: u32, c: u32, nh: u32, hs: u32,
+    scale: f32, eta: f32, flags: u32, head_scale_off: u32,
+}
+
+const HAS_PATCH: u32 = 1u;
+const WG: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> qkv: array<f32>;          // (T, 3C)
+@group(0) @binding(2) var<storage, read_write> att_out: array<f32>; // (NH, T, T)
+@group(0) @binding(3) var<storage, read> att: array<f32>;          // (NH, T, T)
+@group(0) @binding(4) var<storage, read> patch_map: array<f32>;        // (NH, T, T) or unused
+@group(0) @binding(5) var<storage, read> head_scale: array<f32>;   // (L, NH)
+@group(0) @binding(6) var<storage, read_write> z: array<f32>;      // (T, C)
+@group(0) @binding(7) var<storage, read> dz: array<f32>;           // (T, C)
+@group(0) @binding(8) var<storage, read_write> ra_out: array<f32>; // (NH, T, T)
+@group(0) @binding(9) var<storage, read> ra: array<f32>;           // (NH, T, T)
+@group(0) @binding(10) var<storage, read_write> dqkv: array<f32>;  // (T, 3C)
+
+var<workgroup> partial: array<f32, WG>;
+
+fn workgroup_reduce(v: f32, lid: u32, is_max: bool) -> f32 {
+    partial[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            if (is_max) {
+                partial[lid] = max(partial[lid], partial[lid + s]);
+            } else {
+                partial[lid] += partial[lid + s];
+            }
+        }
+        workgroupBarrier();
+    }
+    let r = partial[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn q_at(i: u32, h: u32, d: u32) -> f32 { return qkv[i * 3u * p.c + h * p.hs + d]; }
+fn k_at(j: u32, h: u32, d: u32) -> f32 { return qkv[j * 3u * p.c + p.c + h * p.hs + d]; }
+fn v_at(j: u32, h: u32, d: u32) -> f32 { return qkv[j * 3u * p.c + 2u * p.c + h * p.hs + d]; }
+
+// The attention weight that multiplies V: A, plus η·M when patching.
+fn used_att(idx: u32) -> f32 {
+    var a = att[idx];
+    if ((p.flags & HAS_PATCH) != 0u) {
+        a += p.eta * patch_map[idx];
+    }
+    return a;
+}
+
+// One workgroup per (query row i, head h).
+@compute @workgroup_size(64)
+fn softmax_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let i = wid.x;
+    let h = wid.y;
+    let lid = lid3.x;
+    let row = (h * p.t + i) * p.t;
+    // S = Q_i·K_j / sqrt(hs), kept in att_out until normalised
+    var m = -3.0e38;
+    for (var j = lid; j <= i; j += WG) {
+        var s = 0.0;
+        for (var d = 0u; d < p.hs; d++) {
+            s += q_at(i, h, d) * k_at(j, h, d);
+        }
+        s *= p.scale;
+        att_out[row + j] = s;
+        m = max(m, s);
+    }
+    m = workgroup_reduce(m, lid, true);
+    var sum = 0.0;
+    for (var j = lid; j <= i; j += WG) {
+        let e = exp(att_out[row + j] - m);
+        att_out[row + j] = e;
+        sum += e;
+    }
+    let inv = 1.0 / workgroup_reduce(sum, lid, false);
+    for (var j = lid; j < p.t; j += WG) {
+        if (j <= i) {
+            att_out[row + j] *= inv;
+        } else {
+            att_out[row + j] = 0.0; // masked: exactly zero, as HF's softmax of finfo.min gives
+        }
+    }
+}
+
+// One invocation per (row i, channel h·hs + d).
+@compute @workgroup_size(64)
+fn values_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let col = gid.x;
+    let i = gid.y;
+    if (col >= p.c || i >= p.t) {
+        return;
+    }
+    let h = col / p.hs;
+    let d = col % p.hs;
+    let row = (h * p.t + i) * p.t;
+    // Without a patch A[i, j > i] = 0, so the causal range suffices; a patch may touch any j.
+    var j_end = i + 1u;
+    if ((p.flags & HAS_PATCH) != 0u) {
+        j_end = p.t;
+    }
+    var acc = 0.0;
+    for (var j = 0u; j < j_end; j++) {
+        acc += used_att(row + j) * v_at(j, h, d);
+    }
+    z[i * p.c + col] = head_scale[p.head_scale_off + h] * acc;
+}
+
+// One workgroup per (query row i, head h): dA and R for the row.
+@compute @workgroup_size(64)
+fn scores_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let i = wid.x;
+    let h = wid.y;
+    let lid = lid3.x;
+    let row = (h * p.t + i) * p.t;
+    let gs = head_scale[p.head_scale_off + h];
+    // dA[i,j] = G_i·V_j (only j ≤ i matters: A is 0 above the diagonal); r = Σ_j A·dA
+    var r = 0.0;
+    for (var j = lid; j <= i; j += WG) {
+        var da = 0.0;
+        for (var d = 0u; d < p.hs; d++) {
+            da += dz[i * p.c + h * p.hs + d] * v_at(j, h, d);
+        }
+        da *= gs;
+        ra_out[row + j] = da;
+        r += att[row + j] * da;
+    }
+    r = workgroup_reduce(r, lid, false);
+    for (var j = lid; j < p.t; j += WG) {
+        if (j <= i) {
+            ra_out[row + j] = att[row + j] * (ra_out[row + j] - r) * p.scale;
+        } else {
+            ra_out[row + j] = 0.0;
+        }
+    }
+}
+
+// One invocation per (query row i, channel): dQ[i] = Σ_{j ≤ i} R[i,j]·K_j.
+@compute @workgroup_size(64)
+fn query_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let col = gid.x;
+    let i = gid.y;
+    if (col >= p.c || i >= p.t) {
+        return;
+    }
+    let h = col / p.hs;
+    let d = col % p.hs;
+    let row = (h * p.t + i) * p.t;
+    var acc = 0.0;
+    for (var j = 0u; j <= i; j++) {
+        acc += ra[row + j] * k_at(j, h, d);
+    }
+    dqkv[i * 3u * p.c + col] = acc;
+}
+
+// One invocation per (key row j, channel): dK[j] = Σ_{i ≥ j} R[i,j]·Q_i, dV[j] = Σ_i (A+η·M)[i,j]·G_i.
+@compute @workgroup_size(64)
+fn key_value_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let col = gid.x;
+    let j = gid.y;
+    if (col >= p.c || j >= p.t) {
+        return;
+    }
+    let h = col / p.hs;
+    let d = col % p.hs;
+    let gs = head_scale[p.head_scale_off + h];
+    var dk = 0.0;
+    for (var i = j; i < p.t; i++) {
+        dk += ra[(h * p.t + i) * p.t + j] * q_at(i, h, d);
+    }
+    var i0 = j;
+    if ((p.flags & HAS_PATCH) != 0u) {
+        i0 = 0u;
+    }
+    var dv = 0.0;
+    for (var i = i0; i < p.t; i++) {
+        dv += used_att((h * p.t + i) * p.t + j) * dz[i * p.c + col];
+    }
+    dqkv[j * 3u * p.c + p.c + col] = dk;
+    dqkv[j * 3u * p.c + 2u * p.c + col] = gs * dv;
+}

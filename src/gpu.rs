@@ -1,0 +1,262 @@
+//! GPU context: adapter selection, device with the adapter's own limits, buffers, readback, and
+//! wgpu validation errors turned into `Error::Gpu` instead of panics.
+
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+
+/// `--backend`: which graphics API to run on. `auto` picks the best adapter found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum BackendChoice {
+    #[default]
+    Auto,
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+    /// The float64 CPU reference (no GPU; slow; for debugging).
+    Cpu,
+}
+
+impl BackendChoice {
+    fn backends(self) -> wgpu::Backends {
+        match self {
+            BackendChoice::Auto => wgpu::Backends::all(),
+            BackendChoice::Vulkan => wgpu::Backends::VULKAN,
+            BackendChoice::Metal => wgpu::Backends::METAL,
+            BackendChoice::Dx12 => wgpu::Backends::DX12,
+            BackendChoice::Gl => wgpu::Backends::GL,
+            BackendChoice::Cpu => wgpu::Backends::empty(),
+        }
+    }
+}
+
+pub const NO_ADAPTER_HELP: &str = "no usable GPU adapter found; on Linux without a GPU install \
+lavapipe (software Vulkan): apt-get install -y mesa-vulkan-drivers libvulkan1, or try --backend gl";
+
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter wgpu can see for the given choice.
+pub fn list_adapters(choice: BackendChoice) -> Vec<wgpu::AdapterInfo> {
+    let inst = instance(choice.backends());
+    pollster::block_on(inst.enumerate_adapters(choice.backends()))
+        .iter()
+        .map(|a| a.get_info())
+        .collect()
+}
+
+/// Higher is better: real GPUs first, then software; native APIs before GL.
+fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let device = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 4,
+        wgpu::DeviceType::IntegratedGpu => 3,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 1,
+        wgpu::DeviceType::Other => 0,
+    };
+    let api = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 1,
+        _ => 0,
+    };
+    (device, api)
+}
+
+/// Kernel family chosen per adapter at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum KernelProfile {
+    /// CPU rasterizers (lavapipe/llvmpipe): no shared memory, wide register blocks.
+    CpuAdapter,
+    /// Real GPUs.
+    Gpu,
+}
+
+pub struct GpuContext {
+    pub adapter: wgpu::Adapter,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub profile: KernelProfile,
+    /// The first validation / out-of-memory error wgpu reported since the last `check`.
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl GpuContext {
+    /// Picks the best adapter for `choice` and opens a device with that adapter's limits
+    /// (wgpu's defaults cap buffers at 256 MiB; GPT-2 needs more).
+    pub fn new(choice: BackendChoice) -> Result<Self> {
+        if choice == BackendChoice::Cpu {
+            return Err(Error::Gpu("--backend cpu has no GPU context".into()));
+        }
+        let inst = instance(choice.backends());
+        let mut adapters = pollster::block_on(inst.enumerate_adapters(choice.backends()));
+        adapters.sort_by_key(|a| std::cmp::Reverse(adapter_rank(&a.get_info())));
+        let adapter = adapters.into_iter().next().ok_or_else(|| {
+            Error::Gpu(if choice == BackendChoice::Auto {
+                NO_ADAPTER_HELP.to_string()
+            } else {
+                format!("no {choice:?} adapter found ({NO_ADAPTER_HELP})")
+            })
+        })?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("revattn"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", info.name)))?;
+        let error = Arc::new(Mutex::new(None::<String>));
+        let sink = error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().unwrap();
+            if slot.is_none() {
+                // wgpu's messages span lines; keep the CLI's errors to one line.
+                *slot = Some(e.to_string().split_whitespace().collect::<Vec<_>>().join(" "));
+            }
+        }));
+        let profile = if info.device_type == wgpu::DeviceType::Cpu {
+            KernelProfile::CpuAdapter
+        } else {
+            KernelProfile::Gpu
+        };
+        Ok(GpuContext {
+            adapter,
+            device,
+            queue,
+            info,
+            limits,
+            profile,
+            error,
+        })
+    }
+
+    /// "llvmpipe (LLVM 15.0.6, 256 bits) · Vulkan · Mesa 22.3.6"
+    pub fn describe(&self) -> String {
+        let i = &self.info;
+        format!("{} · {:?} · {} {}", i.name, i.backend, i.driver, i.driver_info)
+            .trim()
+            .to_string()
+    }
+
+    /// Returns the first wgpu error reported since the last call, as `Error::Gpu`.
+    pub fn check(&self, what: &str) -> Result<()> {
+        match self.error.lock().unwrap().take() {
+            Some(e) => Err(Error::Gpu(format!("{what}: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Largest byte size one storage binding may have on this device.
+    pub fn max_binding_bytes(&self) -> u64 {
+        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+    }
+
+    pub fn shader(&self, label: &str, source: &str) -> wgpu::ShaderModule {
+        self.device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            })
+    }
+
+    pub fn pipeline(&self, module: &wgpu::ShaderModule, entry: &str) -> wgpu::ComputePipeline {
+        self.device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+    }
+
+    /// A read-write storage buffer of `bytes` (rounded up to 4, at least 4), zero-filled.
+    pub fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4).div_ceil(4) * 4,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A storage buffer holding `data`.
+    pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
+        if data.is_empty() {
+            return self.storage(label, 4);
+        }
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(data),
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// Copies `(buffer, f32 count)` pairs to the host in one submit and one map.
+    pub fn read_f32(&self, sources: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
+        let total: u64 = sources.iter().map(|(_, n)| (*n as u64) * 4).sum();
+        if total == 0 {
+            return Ok(sources.iter().map(|_| Vec::new()).collect());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: total,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        let mut offset = 0u64;
+        for (buf, n) in sources {
+            let bytes = (*n as u64) * 4;
+            if bytes > 0 {
+                enc.copy_buffer_to_buffer(buf, 0, &staging, offset, bytes);
+            }
+            offset += bytes;
+        }
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            tx.send(r).ok();
+        });
+        self.wait()?;
+        pollster::block_on(rx.receive())
+            .ok_or_else(|| Error::Gpu("readback channel closed".into()))?
+            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+        let all: &[f32] = bytemuck::cast_slice(&view);
+        let mut out = Vec::with_capacity(sources.len());
+        let mut at = 0usize;
+        for (_, n) in sources {
+            out.push(all[at..at + n].to_vec());
+            at += n;
+        }
+        drop(view);
+        staging.unmap();
+        self.check("readback")?;
+        Ok(out)
+    }
+
+    /// Blocks until the queue is idle.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("device lost or timed out: {e}")))?;
+        Ok(())
+    }
+}

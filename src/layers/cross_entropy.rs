@@ -1,0 +1,87 @@
+//! The loss on the logits of the loss rows and its gradient, for every loss kind of `loss.rs`.
+//! Kernel: `shaders/cross_entropy.wgsl`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{pipelines, PlanBuilder};
+use crate::gpu::GpuContext;
+use crate::loss::LossTerm;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    v: u32,
+    n_terms: u32,
+    _pad: u32,
+}
+
+/// The GPU layout of a [`LossTerm`].
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct GpuTerm {
+    row: u32,
+    id: u32,
+    coef: f32,
+    _pad: u32,
+}
+
+impl From<&LossTerm> for GpuTerm {
+    fn from(t: &LossTerm) -> Self {
+        GpuTerm {
+            row: t.row as u32,
+            id: t.id,
+            coef: t.coef,
+            _pad: 0,
+        }
+    }
+}
+
+pub struct CrossEntropy {
+    forward_backward: wgpu::ComputePipeline,
+}
+
+impl CrossEntropy {
+    pub fn new(ctx: &GpuContext) -> Self {
+        let [forward_backward] = pipelines(
+            ctx,
+            "cross_entropy.wgsl",
+            include_str!("../../shaders/cross_entropy.wgsl"),
+            ["loss_forward_backward"],
+        );
+        CrossEntropy { forward_backward }
+    }
+
+    /// loss_rows (R) and dlogits (R, V) from logits (R, V), lse_scale (R) and `n_terms` terms.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward(
+        &self,
+        plan: &mut PlanBuilder,
+        loss_rows: &wgpu::Buffer,
+        dlogits: &wgpu::Buffer,
+        logits: &wgpu::Buffer,
+        lse_scale: &wgpu::Buffer,
+        terms: &wgpu::Buffer,
+        (rows, v, n_terms): (usize, usize, usize),
+    ) {
+        let params = Params {
+            rows: rows as u32,
+            v: v as u32,
+            n_terms: n_terms as u32,
+            _pad: 0,
+        };
+        plan.dispatch(
+            "loss_forward_backward",
+            &self.forward_backward,
+            &params,
+            &[
+                (1, logits),
+                (2, lse_scale),
+                (3, terms),
+                (4, dlogits),
+                (5, loss_rows),
+            ],
+            [rows as u32, 1, 1],
+        );
+    }
+}

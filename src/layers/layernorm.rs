@@ -1,0 +1,121 @@
+//! LayerNorm: forward (with the mean and rstd the backward needs) and backward with the residual
+//! gradient added in the same pass. Kernels: `shaders/layernorm.wgsl`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{grid_2d, pipelines, PlanBuilder};
+use crate::gpu::GpuContext;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    c: u32,
+    eps: f32,
+    flags: u32,
+    dout_row0: u32,
+    dout_rows: u32,
+    _pad: [u32; 2],
+}
+
+const HAS_RESIDUAL: u32 = 1;
+
+pub struct LayerNorm {
+    forward: wgpu::ComputePipeline,
+    backward: wgpu::ComputePipeline,
+    unused: wgpu::Buffer,
+}
+
+/// The tensors one LayerNorm reads in its backward.
+pub struct LayerNormSaved<'a> {
+    pub x: &'a wgpu::Buffer,    // (rows, C) the forward's input
+    pub mean: &'a wgpu::Buffer, // (rows)
+    pub rstd: &'a wgpu::Buffer, // (rows)
+    pub w: &'a wgpu::Buffer,    // (C)
+}
+
+impl LayerNorm {
+    pub fn new(ctx: &GpuContext) -> Self {
+        let [forward, backward] = pipelines(
+            ctx,
+            "layernorm.wgsl",
+            include_str!("../../shaders/layernorm.wgsl"),
+            ["layernorm_forward", "layernorm_backward"],
+        );
+        LayerNorm {
+            forward,
+            backward,
+            unused: ctx.storage("unused", 16),
+        }
+    }
+
+    /// out (rows, C) = LN(x) ⊙ w + b; also writes mean, rstd (rows).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        plan: &mut PlanBuilder,
+        out: &wgpu::Buffer,
+        mean: &wgpu::Buffer,
+        rstd: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        (rows, c): (usize, usize),
+        eps: f32,
+    ) {
+        let params = Params {
+            rows: rows as u32,
+            c: c as u32,
+            eps,
+            flags: 0,
+            dout_row0: 0,
+            dout_rows: 0,
+            _pad: [0; 2],
+        };
+        plan.dispatch(
+            "layernorm_forward",
+            &self.forward,
+            &params,
+            &[(1, x), (2, w), (3, b), (4, out), (5, mean), (6, rstd)],
+            grid_2d(rows as u32).0,
+        );
+    }
+
+    /// dx (rows, C) = dresidual + LN backward of dout. `dout` holds rows
+    /// [dout_rows.start, dout_rows.end) only; the other rows' dout is zero.
+    pub fn backward(
+        &self,
+        plan: &mut PlanBuilder,
+        dx: &wgpu::Buffer,
+        dresidual: Option<&wgpu::Buffer>,
+        dout: &wgpu::Buffer,
+        dout_rows: std::ops::Range<usize>,
+        saved: &LayerNormSaved,
+        (rows, c): (usize, usize),
+    ) {
+        let params = Params {
+            rows: rows as u32,
+            c: c as u32,
+            eps: 0.0,
+            flags: if dresidual.is_some() { HAS_RESIDUAL } else { 0 },
+            dout_row0: dout_rows.start as u32,
+            dout_rows: dout_rows.len() as u32,
+            _pad: [0; 2],
+        };
+        plan.dispatch(
+            "layernorm_backward",
+            &self.backward,
+            &params,
+            &[
+                (1, saved.x),
+                (2, saved.w),
+                (7, saved.mean),
+                (8, saved.rstd),
+                (9, dout),
+                (10, dresidual.unwrap_or(&self.unused)),
+                (11, dx),
+            ],
+            grid_2d(rows as u32).0,
+        );
+    }
+}

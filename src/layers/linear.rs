@@ -1,0 +1,187 @@
+//! Conv1D (HF GPT-2's linear layer, W stored [in, out]): forward y = x·W + b and backward to the
+//! input dx = dy·Wᵀ. Kernels: `shaders/linear.wgsl`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{pipelines, PlanBuilder};
+use crate::gpu::GpuContext;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    flags: u32,
+    lda: u32,
+    ldb: u32,
+    ldc: u32,
+    _pad0: u32,
+    a_off: u32,
+    b_off: u32,
+    c_off: u32,
+    _pad1: u32,
+}
+
+const HAS_BIAS: u32 = 1;
+const HAS_RESIDUAL: u32 = 2;
+const ACCUMULATE: u32 = 4;
+/// Each workgroup covers a 32×32 block of C (8×8 invocations × 4×4 outputs).
+const TILE: u32 = 32;
+
+/// A matrix operand: buffer, element offset and leading dimension (row stride).
+#[derive(Clone, Copy)]
+pub struct Operand<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u32,
+    pub ld: u32,
+}
+
+impl<'a> Operand<'a> {
+    pub fn new(buffer: &'a wgpu::Buffer, ld: usize) -> Self {
+        Operand {
+            buffer,
+            offset: 0,
+            ld: ld as u32,
+        }
+    }
+
+    pub fn at(self, offset: usize) -> Self {
+        Operand {
+            offset: offset as u32,
+            ..self
+        }
+    }
+}
+
+/// C (M×N) = A (M×K) · op(B) [+ bias (N)] [+ residual (same layout as C)] [+ C].
+pub struct Gemm<'a> {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: Operand<'a>,
+    /// (K×N) when not transposed, (N×K) when `transpose_b`.
+    pub b: Operand<'a>,
+    pub transpose_b: bool,
+    pub c: Operand<'a>,
+    pub bias: Option<&'a wgpu::Buffer>,
+    pub residual: Option<&'a wgpu::Buffer>,
+    pub accumulate: bool,
+}
+
+pub struct Linear {
+    nn: wgpu::ComputePipeline,
+    nt: wgpu::ComputePipeline,
+    unused: wgpu::Buffer,
+}
+
+impl Linear {
+    pub fn new(ctx: &GpuContext) -> Self {
+        let [nn, nt] = pipelines(
+            ctx,
+            "linear.wgsl",
+            include_str!("../../shaders/linear.wgsl"),
+            ["matmul_nn", "matmul_nt"],
+        );
+        Linear {
+            nn,
+            nt,
+            unused: ctx.storage("unused", 16),
+        }
+    }
+
+    /// out (M, N) = x (M, K) · w (K, N) + b (N) [+ residual (M, N)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        plan: &mut PlanBuilder,
+        out: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        b: Option<&wgpu::Buffer>,
+        residual: Option<&wgpu::Buffer>,
+        (m, k, n): (usize, usize, usize),
+    ) {
+        self.gemm(
+            plan,
+            "linear_forward",
+            &Gemm {
+                m,
+                n,
+                k,
+                a: Operand::new(x, k),
+                b: Operand::new(w, n),
+                transpose_b: false,
+                c: Operand::new(out, n),
+                bias: b,
+                residual,
+                accumulate: false,
+            },
+        );
+    }
+
+    /// dx (M, K) = dout (M, N) · wᵀ, differentiating out = x·w in x.
+    pub fn backward_input(
+        &self,
+        plan: &mut PlanBuilder,
+        dx: &wgpu::Buffer,
+        dout: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        (m, k, n): (usize, usize, usize),
+    ) {
+        self.gemm(
+            plan,
+            "linear_backward_input",
+            &Gemm {
+                m,
+                n: k,
+                k: n,
+                a: Operand::new(dout, n),
+                b: Operand::new(w, n),
+                transpose_b: true,
+                c: Operand::new(dx, k),
+                bias: None,
+                residual: None,
+                accumulate: false,
+            },
+        );
+    }
+
+    /// Any GEMM of the family; the lm_head uses it directly with offsets and leading dimensions.
+    pub fn gemm(&self, plan: &mut PlanBuilder, label: &'static str, g: &Gemm) {
+        if g.m == 0 || g.n == 0 {
+            return;
+        }
+        let flags = if g.bias.is_some() { HAS_BIAS } else { 0 }
+            | if g.residual.is_some() { HAS_RESIDUAL } else { 0 }
+            | if g.accumulate { ACCUMULATE } else { 0 };
+        let params = Params {
+            m: g.m as u32,
+            n: g.n as u32,
+            k: g.k as u32,
+            flags,
+            lda: g.a.ld,
+            ldb: g.b.ld,
+            ldc: g.c.ld,
+            _pad0: 0,
+            a_off: g.a.offset,
+            b_off: g.b.offset,
+            c_off: g.c.offset,
+            _pad1: 0,
+        };
+        let pipeline = if g.transpose_b { &self.nt } else { &self.nn };
+        plan.dispatch(
+            label,
+            pipeline,
+            &params,
+            &[
+                (1, g.a.buffer),
+                (2, g.b.buffer),
+                (3, g.bias.unwrap_or(&self.unused)),
+                (4, g.residual.unwrap_or(&self.unused)),
+                (5, g.c.buffer),
+            ],
+            [(g.n as u32).div_ceil(TILE), (g.m as u32).div_ceil(TILE), 1],
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! The `revattn` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use revattn::gpu::{self, BackendChoice, GpuContext};
+use revattn::loss::LossKind;
+use revattn::maps::{self, MapsArgs};
+use revattn::Result;
+
+/// Reversed Attention for GPT-2: the attention map the backward pass computes, R = dL/d(QKᵀ),
+/// for every layer and head, on any GPU wgpu reaches (Vulkan, Metal, DX12, GL) or lavapipe.
+#[derive(Parser)]
+#[command(name = "revattn", version, about, long_about = None)]
+struct Cli {
+    /// Graphics API to run on (auto = the best adapter found; cpu = the float64 reference).
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, global = true)]
+    backend: BackendChoice,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compute attention and Reversed Attention of every head for one prompt and write
+    /// maps.safetensors, summary.json and PNG heatmaps.
+    Maps {
+        /// HF GPT-2 directory (config.json, model.safetensors, tokenizer.json); default: the
+        /// small model embedded in revattn.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The prompt, encoded exactly as given.
+        #[arg(long)]
+        prompt: String,
+        /// The target continuation (e.g. " Florence", with its leading space).
+        #[arg(long)]
+        target: String,
+        /// nll: −Σ log p(target ids) at the last prompt position (official demo loss);
+        /// ce: teacher-forced mean cross-entropy over the target tokens of prompt+target
+        /// (official experiments' loss); logit-diff: logit[foil] − logit[target].
+        #[arg(long, value_enum, default_value_t = LossKind::Nll)]
+        loss: LossKind,
+        /// The competing continuation for --loss logit-diff.
+        #[arg(long)]
+        foil: Option<String>,
+        /// Prepend <|endoftext|> to the prompt.
+        #[arg(long)]
+        bos: bool,
+        /// How many heads (by RA norm) get their own PNG.
+        #[arg(long, default_value_t = 4)]
+        top_k: usize,
+        /// Output directory (created; files appear only once all are written).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// List the adapters wgpu finds, the one revattn would choose, its limits and features.
+    Info,
+}
+
+fn info(choice: BackendChoice) -> Result<()> {
+    let adapters = gpu::list_adapters(if choice == BackendChoice::Cpu { BackendChoice::Auto } else { choice });
+    println!("adapters found: {}", adapters.len());
+    for a in &adapters {
+        println!(
+            "  - {} ({:?}, {:?}) driver: {} {}",
+            a.name, a.backend, a.device_type, a.driver, a.driver_info
+        );
+    }
+    if choice == BackendChoice::Cpu {
+        println!("chosen: cpu reference (f64), no GPU");
+        return Ok(());
+    }
+    let ctx = GpuContext::new(choice)?;
+    println!("chosen: {}", ctx.describe());
+    println!("kernel profile: {:?}", ctx.profile);
+    let l = &ctx.limits;
+    println!("limits:");
+    println!("  max_buffer_size                      {}", l.max_buffer_size);
+    println!("  max_storage_buffer_binding_size      {}", l.max_storage_buffer_binding_size);
+    println!("  max_storage_buffers_per_shader_stage {}", l.max_storage_buffers_per_shader_stage);
+    println!("  max_compute_workgroups_per_dimension {}", l.max_compute_workgroups_per_dimension);
+    println!("  max_compute_invocations_per_workgroup {}", l.max_compute_invocations_per_workgroup);
+    println!("  max_compute_workgroup_storage_size   {}", l.max_compute_workgroup_storage_size);
+    println!("  min_uniform_buffer_offset_alignment  {}", l.min_uniform_buffer_offset_alignment);
+    println!("features: {:?}", ctx.adapter.features());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Maps { model, prompt, target, loss, foil, bos, top_k, out } => {
+            let args = MapsArgs { model, prompt, target, loss, foil, bos, top_k, out, backend: cli.backend };
+            maps::run(&args).map(|report| print!("{}", maps::format_report(&report, &args)))
+        }
+        Command::Info => info(cli.backend),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! Model loading: an HF GPT-2 directory (config.json, model.safetensors, tokenizer.json or
+//! vocab.json + merges.txt), or the small model embedded in the binary.
+//!
+//! Dimension vocabulary used everywhere in revattn:
+//! B batch, T sequence length, C n_embd, NH heads, hs = C / NH head size, V vocabulary,
+//! L layers, P n_positions, F = n_inner (4·C unless config.json says otherwise).
+//!
+//! Weights stay in the memory-mapped file whenever the stored bytes are aligned little-endian f32;
+//! f16/bf16 checkpoints and unaligned data are converted to an owned f32 copy.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+use crate::tokenizer::Gpt2Tokenizer;
+
+/// The GPT-2 hyper-parameters revattn needs, read from config.json.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GptConfig {
+    /// L
+    pub n_layer: usize,
+    /// NH
+    pub n_head: usize,
+    /// C
+    pub n_embd: usize,
+    /// P: the longest sequence the position table covers.
+    pub n_positions: usize,
+    /// V
+    pub vocab_size: usize,
+    /// F: the MLP's hidden width.
+    pub n_inner: usize,
+    pub layer_norm_epsilon: f64,
+}
+
+impl GptConfig {
+    /// hs = C / NH
+    pub fn head_size(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+
+    /// Parses and checks an HF GPT-2 config.json.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| Error::Model(format!("config.json is not valid JSON: {e}")))?;
+        let get = |keys: &[&str]| -> Result<usize> {
+            for k in keys {
+                if let Some(x) = v.get(*k) {
+                    return x
+                        .as_u64()
+                        .filter(|&n| n > 0)
+                        .map(|n| n as usize)
+                        .ok_or_else(|| {
+                            Error::Model(format!("config.json: {k} must be a positive integer"))
+                        });
+                }
+            }
+            Err(Error::Model(format!("config.json has no {}", keys[0])))
+        };
+        let n_layer = get(&["n_layer", "num_hidden_layers"])?;
+        let n_head = get(&["n_head", "num_attention_heads"])?;
+        let n_embd = get(&["n_embd", "hidden_size"])?;
+        let n_positions = get(&["n_positions", "n_ctx", "max_position_embeddings"])?;
+        let vocab_size = get(&["vocab_size"])?;
+        let n_inner = match v.get("n_inner") {
+            None | Some(serde_json::Value::Null) => 4 * n_embd,
+            Some(_) => get(&["n_inner"])?,
+        };
+        let layer_norm_epsilon = v
+            .get("layer_norm_epsilon")
+            .and_then(|x| x.as_f64())
+            .unwrap_or(1e-5);
+        if n_embd % n_head != 0 {
+            return Err(Error::Model(format!(
+                "config.json: n_embd {n_embd} is not divisible by n_head {n_head}"
+            )));
+        }
+        if let Some(act) = v.get("activation_function").and_then(|a| a.as_str()) {
+            if act != "gelu_new" {
+                return Err(Error::Model(format!(
+                    "config.json: activation_function {act:?} is not supported (GPT-2 uses gelu_new)"
+                )));
+            }
+        }
+        for flag in ["scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"] {
+            if v.get(flag).and_then(|f| f.as_bool()) == Some(true) {
+                return Err(Error::Model(format!("config.json: {flag}=true is not supported")));
+            }
+        }
+        if v.get("scale_attn_weights").and_then(|f| f.as_bool()) == Some(false) {
+            return Err(Error::Model(
+                "config.json: scale_attn_weights=false is not supported".into(),
+            ));
+        }
+        Ok(GptConfig {
+            n_layer,
+            n_head,
+            n_embd,
+            n_positions,
+            vocab_size,
+            n_inner,
+            layer_norm_epsilon,
+        })
+    }
+
+    /// Number of parameters (wte counted once: lm_head is tied).
+    pub fn parameter_count(&self) -> usize {
+        let (c, f) = (self.n_embd, self.n_inner);
+        let block = 2 * 2 * c + c * 3 * c + 3 * c + c * c + c + c * f + f + f * c + c;
+        self.vocab_size * c + self.n_positions * c + self.n_layer * block + 2 * c
+    }
+}
+
+/// Where a tensor's f32 values live.
+enum TensorData {
+    /// Aligned f32 inside a memory-mapped file: no copy.
+    Mapped {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    },
+    /// Aligned f32 inside bytes compiled into the binary.
+    Static(&'static [f32]),
+    Owned(Vec<f32>),
+}
+
+/// A row-major f32 tensor of the checkpoint.
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    data: TensorData,
+}
+
+impl Tensor {
+    pub fn data(&self) -> &[f32] {
+        match &self.data {
+            TensorData::Mapped { map, offset, len } => {
+                bytemuck::cast_slice(&map[*offset..*offset + len * 4])
+            }
+            TensorData::Static(s) => s,
+            TensorData::Owned(v) => v,
+        }
+    }
+
+    pub fn from_vec(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), data.len());
+        Tensor {
+            shape,
+            data: TensorData::Owned(data),
+        }
+    }
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor{:?}", self.shape)
+    }
+}
+
+/// One transformer block. HF Conv1D weights are stored [in, out]: y = x·W + b.
+#[derive(Debug)]
+pub struct LayerWeights {
+    pub ln_1_w: Tensor,      // (C)
+    pub ln_1_b: Tensor,      // (C)
+    pub attn_w: Tensor,      // (C, 3C) columns Q | K | V, head h at [h·hs, (h+1)·hs) of each
+    pub attn_b: Tensor,      // (3C)
+    pub attn_proj_w: Tensor, // (C, C) W_o: rows [h·hs, (h+1)·hs) read head h
+    pub attn_proj_b: Tensor, // (C)
+    pub ln_2_w: Tensor,      // (C)
+    pub ln_2_b: Tensor,      // (C)
+    pub fc_w: Tensor,        // (C, F)
+    pub fc_b: Tensor,        // (F)
+    pub fc_proj_w: Tensor,   // (F, C)
+    pub fc_proj_b: Tensor,   // (C)
+}
+
+#[derive(Debug)]
+pub struct Weights {
+    pub wte: Tensor, // (V, C), also the tied lm_head
+    pub wpe: Tensor, // (P, C)
+    pub layers: Vec<LayerWeights>,
+    pub ln_f_w: Tensor, // (C)
+    pub ln_f_b: Tensor, // (C)
+}
+
+/// A loaded GPT-2: hyper-parameters, weights and tokenizer.
+pub struct Model {
+    pub config: GptConfig,
+    pub weights: Weights,
+    pub tokenizer: Gpt2Tokenizer,
+    /// Human-readable origin: the directory, or "embedded default model".
+    pub source: String,
+}
+
+/// The file bytes behind a checkpoint.
+enum Bytes {
+    Mapped(Arc<Mmap>),
+    Static(&'static [u8]),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Static(s) => s,
+        }
+    }
+}
+
+fn f16_to_f32(bits: u16) -> f32 {
+    let sign = ((bits >> 15) as u32) << 31;
+    let exp = ((bits >> 10) & 0x1f) as u32;
+    let mant = (bits & 0x3ff) as u32;
+    let v = match (exp, mant) {
+        (0, 0) => sign,
+        (0, m) => {
+            // subnormal: value = m · 2^-24
+            let f = m as f32 * (1.0 / 16_777_216.0);
+            return if sign != 0 { -f } else { f };
+        }
+        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
+        (e, m) => sign | ((e + 112) << 23) | (m << 13),
+    };
+    f32::from_bits(v)
+}
+
+impl Weights {
+    fn load(bytes: Bytes, config: &GptConfig) -> Result<Self> {
+        let st = SafeTensors::deserialize(bytes.as_slice()).map_err(|e| {
+            Error::Model(format!("model.safetensors is truncated or corrupt: {e}"))
+        })?;
+        // Accept both key layouts: save_pretrained writes "transformer.h.0…", hub files "h.0…".
+        let mut names: HashMap<String, String> = HashMap::new();
+        for name in st.names() {
+            let short = name.strip_prefix("transformer.").unwrap_or(name);
+            names.insert(short.to_string(), name.to_string());
+        }
+        let base = bytes.as_slice().as_ptr() as usize;
+        let take = |short: &str, shape: &[usize]| -> Result<Tensor> {
+            let full = names.get(short).ok_or_else(|| {
+                Error::Model(format!("model.safetensors has no tensor {short}"))
+            })?;
+            let view = st
+                .tensor(full)
+                .map_err(|e| Error::Model(format!("tensor {full}: {e}")))?;
+            if view.shape() != shape {
+                return Err(Error::Model(format!(
+                    "tensor {full} has shape {:?}, config.json implies {:?}",
+                    view.shape(),
+                    shape
+                )));
+            }
+            let raw = view.data();
+            let len: usize = shape.iter().product();
+            let data = match view.dtype() {
+                Dtype::F32 => {
+                    let offset = raw.as_ptr() as usize - base;
+                    if raw.as_ptr() as usize % 4 == 0 && cfg!(target_endian = "little") {
+                        match &bytes {
+                            Bytes::Mapped(map) => TensorData::Mapped {
+                                map: map.clone(),
+                                offset,
+                                len,
+                            },
+                            Bytes::Static(s) => {
+                                TensorData::Static(bytemuck::cast_slice(&s[offset..offset + len * 4]))
+                            }
+                        }
+                    } else {
+                        TensorData::Owned(
+                            raw.chunks_exact(4)
+                                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                                .collect(),
+                        )
+                    }
+                }
+                Dtype::F16 => TensorData::Owned(
+                    raw.chunks_exact(2)
+                        .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+                        .collect(),
+                ),
+                Dtype::BF16 => TensorData::Owned(
+                    raw.chunks_exact(2)
+                        .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+                        .collect(),
+                ),
+                other => {
+                    return Err(Error::Model(format!(
+                        "tensor {full} has dtype {other:?}; expected F32, F16 or BF16"
+                    )))
+                }
+            };
+            Ok(Tensor {
+                shape: shape.to_vec(),
+                data,
+            })
+        };
+        let (c, f, v, p) = (
+            config.n_embd,
+            config.n_inner,
+            config.vocab_size,
+            config.n_positions,
+        );
+        let mut layers = Vec::with_capacity(config.n_layer);
+        for l in 0..config.n_layer {
+            let n = |s: &str| format!("h.{l}.{s}");
+            layers.push(LayerWeights {
+                ln_1_w: take(&n("ln_1.weight"), &[c])?,
+                ln_1_b: take(&n("ln_1.bias"), &[c])?,
+                attn_w: take(&n("attn.c_attn.weight"), &[c, 3 * c])?,
+                attn_b: take(&n("attn.c_attn.bias"), &[3 * c])?,
+                attn_proj_w: take(&n("attn.c_proj.weight"), &[c, c])?,
+                attn_proj_b: take(&n("attn.c_proj.bias"), &[c])?,
+                ln_2_w: take(&n("ln_2.weight"), &[c])?,
+                ln_2_b: take(&n("ln_2.bias"), &[c])?,
+                fc_w: take(&n("mlp.c_fc.weight"), &[c, f])?,
+                fc_b: take(&n("mlp.c_fc.bias"), &[f])?,
+                fc_proj_w: take(&n("mlp.c_proj.weight"), &[f, c])?,
+                fc_proj_b: take(&n("mlp.c_proj.bias"), &[c])?,
+            });
+        }
+        if names.contains_key(&format!("h.{}.ln_1.weight", config.n_layer)) {
+            return Err(Error::Model(format!(
+                "model.safetensors has more blocks than config.json's n_layer {}",
+                config.n_layer
+            )));
+        }
+        Ok(Weights {
+            wte: take("wte.weight", &[v, c])?,
+            wpe: take("wpe.weight", &[p, c])?,
+            layers,
+            ln_f_w: take("ln_f.weight", &[c])?,
+            ln_f_b: take("ln_f.bias", &[c])?,
+        })
+    }
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
+/// The small GPT-2 compiled into the binary: what every command runs on without `--model`.
+pub mod embedded {
+    pub const NAME: &str = "embedded default model (assets/default-model)";
+    pub static CONFIG: &str = include_str!("../assets/default-model/config.json");
+    pub static TOKENIZER: &[u8] = include_bytes!("../assets/default-model/tokenizer.json");
+    /// Wrapped so the f32 data can be borrowed without a copy.
+    #[repr(C, align(16))]
+    pub struct Aligned<T: ?Sized>(pub T);
+    pub static SAFETENSORS: &Aligned<[u8]> =
+        &Aligned(*include_bytes!("../assets/default-model/model.safetensors"));
+}
+
+impl Model {
+    /// Loads an HF GPT-2 directory.
+    pub fn load(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::Model(format!("{} is not a directory", dir.display())));
+        }
+        let config_path = dir.join("config.json");
+        if !config_path.exists() {
+            return Err(Error::Model(format!("{} has no config.json", dir.display())));
+        }
+        let config = GptConfig::from_json(&read_text(&config_path)?)?;
+        let tokenizer = Gpt2Tokenizer::load_dir(dir)?;
+        check_vocab(&config, &tokenizer)?;
+        let st_path: PathBuf = dir.join("model.safetensors");
+        let file = std::fs::File::open(&st_path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::Model(format!("{} has no model.safetensors", dir.display()))
+            } else {
+                Error::io(&st_path, e)
+            }
+        })?;
+        // SAFETY: the file is only read; revattn never writes a checkpoint it has mapped.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&st_path, e))?;
+        let weights = Weights::load(Bytes::Mapped(Arc::new(map)), &config)?;
+        Ok(Model {
+            config,
+            weights,
+            tokenizer,
+            source: dir.display().to_string(),
+        })
+    }
+
+    /// The small GPT-2 shipped inside the binary.
+    pub fn embedded() -> Result<Self> {
+        let config = GptConfig::from_json(embedded::CONFIG)?;
+        let tokenizer = Gpt2Tokenizer::from_bytes(embedded::TOKENIZER)?;
+        let weights = Weights::load(Bytes::Static(&embedded::SAFETENSORS.0), &config)?;
+        Ok(Model {
+            config,
+            weights,
+            tokenizer,
+            source: embedded::NAME.to_string(),
+        })
+    }
+
+    /// `--model DIR` when given, else the embedded model.
+    pub fn load_or_embedded(dir: Option<&Path>) -> Result<Self> {
+        match dir {
+            Some(d) => Self::load(d),
+            None => Self::embedded(),
+        }
+    }
+}
+
+fn check_vocab(config: &GptConfig, tok: &Gpt2Tokenizer) -> Result<()> {
+    if tok.vocab_size() > config.vocab_size {
+        return Err(Error::Model(format!(
+            "tokenizer has {} tokens but config.json's vocab_size is {}",
+            tok.vocab_size(),
+            config.vocab_size
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_conversion_matches_known_values() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
+        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
+        assert!(f16_to_f32(0x7c00).is_infinite());
+    }
+
+    #[test]
+    fn config_rejects_indivisible_heads() {
+        let e = GptConfig::from_json(
+            r#"{"n_layer":1,"n_head":3,"n_embd":16,"n_positions":8,"vocab_size":10}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not divisible"), "{e}");
+    }
+}

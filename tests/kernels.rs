@@ -1,0 +1,276 @@
+//! Every WGSL layer, forward and backward, against the float64 CPU reference on random shapes:
+//! odd sizes, head sizes other than 64, T = 1, T not a multiple of any tile.
+//! Tolerance: max|Δ| / max|reference| ≤ 2e-5 (f32 arithmetic against f64).
+
+mod common;
+
+use common::{assert_close, gpu, to_f64, Rng};
+use revattn::gpu::GpuContext;
+use revattn::layers::attention::{Attention, AttentionBuffers, AttentionShape};
+use revattn::layers::cross_entropy::{CrossEntropy, GpuTerm};
+use revattn::layers::embedding::{Embedding, VocabChunk};
+use revattn::layers::gelu::Gelu;
+use revattn::layers::layernorm::{LayerNorm, LayerNormSaved};
+use revattn::layers::linear::{Gemm, Linear, Operand};
+use revattn::layers::{execute, PlanBuilder};
+use revattn::loss::{LossKind, Sequence};
+use revattn::reference;
+
+const REL_TOL: f64 = 2e-5;
+
+fn read(ctx: &GpuContext, buf: &wgpu::Buffer, n: usize) -> Vec<f32> {
+    ctx.read_f32(&[(buf, n)]).unwrap().remove(0)
+}
+
+fn run(ctx: &GpuContext, build: impl FnOnce(&mut PlanBuilder)) {
+    let mut plan = PlanBuilder::new(ctx);
+    build(&mut plan);
+    execute(ctx, &plan.finish()).unwrap();
+}
+
+#[test]
+fn linear_forward_and_backward_match_reference() {
+    let ctx = gpu();
+    let linear = Linear::new(&ctx);
+    let mut rng = Rng(1);
+    for &(m, k, n) in &[(1, 1, 1), (1, 15, 45), (7, 33, 5), (13, 64, 97), (37, 29, 130), (64, 96, 64)] {
+        let x = rng.vec(m * k, 1.0);
+        let w = rng.vec(k * n, 0.5);
+        let b = rng.vec(n, 0.3);
+        let res = rng.vec(m * n, 1.0);
+        let (xb, wb, bb, rb) = (ctx.upload("x", &x), ctx.upload("w", &w), ctx.upload("b", &b), ctx.upload("r", &res));
+        let out = ctx.storage("out", 4 * (m * n) as u64);
+        let dx = ctx.storage("dx", 4 * (m * k) as u64);
+        let dout = rng.vec(m * n, 1.0);
+        let doutb = ctx.upload("dout", &dout);
+        run(&ctx, |p| {
+            linear.forward(p, &out, &xb, &wb, Some(&bb), Some(&rb), (m, k, n));
+            linear.backward_input(p, &dx, &doutb, &wb, (m, k, n));
+        });
+        let mut want = vec![0.0; m * n];
+        reference::linear_forward(&mut want, &to_f64(&x), &to_f64(&w), Some(&to_f64(&b)), m, k, n);
+        want.iter_mut().zip(&res).for_each(|(o, r)| *o += *r as f64);
+        assert_close(&format!("linear forward M{m} K{k} N{n}"), &read(&ctx, &out, m * n), &want, REL_TOL);
+        let mut want_dx = vec![0.0; m * k];
+        reference::linear_backward_input(&mut want_dx, &to_f64(&dout), &to_f64(&w), m, k, n);
+        assert_close(&format!("linear backward_input M{m} K{k} N{n}"), &read(&ctx, &dx, m * k), &want_dx, REL_TOL);
+    }
+}
+
+/// The lm_head's use of the GEMMs: row offsets, leading dimensions, vocabulary chunks, accumulation.
+#[test]
+fn lm_head_gemms_over_vocab_chunks_match_reference() {
+    let ctx = gpu();
+    let linear = Linear::new(&ctx);
+    let mut rng = Rng(2);
+    let (t, c, v, row0, r) = (9, 15, 203, 4, 3);
+    let x = rng.vec(t * c, 1.0); // (T, C) ln_f output
+    let wte = rng.vec(v * c, 0.5); // (V, C)
+    let dlogits = rng.vec(r * v, 1.0); // (R, V)
+    let chunks: Vec<(usize, usize)> = vec![(0, 64), (64, 64), (128, 64), (192, 11)];
+    let xb = ctx.upload("x", &x);
+    let dlb = ctx.upload("dlogits", &dlogits);
+    let chunk_bufs: Vec<_> = chunks.iter().map(|&(s, n)| ctx.upload("chunk", &wte[s * c..(s + n) * c])).collect();
+    let logits = ctx.storage("logits", 4 * (r * v) as u64);
+    let dx = ctx.storage("dx", 4 * (r * c) as u64);
+    run(&ctx, |p| {
+        for (&(s, n), buf) in chunks.iter().zip(&chunk_bufs) {
+            linear.gemm(p, "lm_head_forward", &Gemm {
+                m: r, n, k: c,
+                a: Operand::new(&xb, c).at(row0 * c),
+                b: Operand::new(buf, c),
+                transpose_b: true,
+                c: Operand::new(&logits, v).at(s),
+                bias: None, residual: None, accumulate: false,
+            });
+        }
+        for (i, (&(s, n), buf)) in chunks.iter().zip(&chunk_bufs).enumerate() {
+            linear.gemm(p, "lm_head_backward", &Gemm {
+                m: r, n: c, k: n,
+                a: Operand::new(&dlb, v).at(s),
+                b: Operand::new(buf, c),
+                transpose_b: false,
+                c: Operand::new(&dx, c),
+                bias: None, residual: None, accumulate: i > 0,
+            });
+        }
+    });
+    let mut want = vec![0.0; r * v];
+    for i in 0..r {
+        for j in 0..v {
+            want[i * v + j] = (0..c).map(|q| x[(row0 + i) * c + q] as f64 * wte[j * c + q] as f64).sum();
+        }
+    }
+    assert_close("lm_head logits = x[rows]·wteᵀ (4 chunks)", &read(&ctx, &logits, r * v), &want, REL_TOL);
+    let mut want_dx = vec![0.0; r * c];
+    reference::linear_forward(&mut want_dx, &to_f64(&dlogits), &to_f64(&wte), None, r, v, c);
+    assert_close("lm_head dx = dlogits·wte (accumulated)", &read(&ctx, &dx, r * c), &want_dx, REL_TOL);
+}
+
+#[test]
+fn layernorm_forward_and_backward_match_reference() {
+    let ctx = gpu();
+    let ln = LayerNorm::new(&ctx);
+    let mut rng = Rng(3);
+    for &(rows, c) in &[(1, 1), (1, 15), (5, 7), (17, 64), (33, 130), (3, 769)] {
+        let x: Vec<f32> = rng.vec(rows * c, 2.0).iter().map(|v| v + 0.5).collect();
+        let w: Vec<f32> = rng.vec(c, 0.3).iter().map(|v| v + 1.0).collect();
+        let b = rng.vec(c, 0.2);
+        let dout_rows = if rows > 2 { 1..rows - 1 } else { 0..rows };
+        let dout = rng.vec(dout_rows.len() * c, 1.0);
+        let dres = rng.vec(rows * c, 1.0);
+        let (xb, wb, bb) = (ctx.upload("x", &x), ctx.upload("w", &w), ctx.upload("b", &b));
+        let (doutb, dresb) = (ctx.upload("dout", &dout), ctx.upload("dres", &dres));
+        let out = ctx.storage("out", 4 * (rows * c) as u64);
+        let mean = ctx.storage("mean", 4 * rows as u64);
+        let rstd = ctx.storage("rstd", 4 * rows as u64);
+        let dx = ctx.storage("dx", 4 * (rows * c) as u64);
+        let dx_nores = ctx.storage("dx", 4 * (rows * c) as u64);
+        run(&ctx, |p| {
+            ln.forward(p, &out, &mean, &rstd, &xb, &wb, &bb, (rows, c), 1e-5);
+            let saved = LayerNormSaved { x: &xb, mean: &mean, rstd: &rstd, w: &wb };
+            ln.backward(p, &dx, Some(&dresb), &doutb, dout_rows.clone(), &saved, (rows, c));
+            ln.backward(p, &dx_nores, None, &doutb, dout_rows.clone(), &saved, (rows, c));
+        });
+        let (mut o, mut m, mut r) = (vec![0.0; rows * c], vec![0.0; rows], vec![0.0; rows]);
+        reference::layernorm_forward(&mut o, &mut m, &mut r, &to_f64(&x), &to_f64(&w), &to_f64(&b), c, 1e-5);
+        assert_close(&format!("layernorm forward rows{rows} C{c}"), &read(&ctx, &out, rows * c), &o, REL_TOL);
+        assert_close(&format!("layernorm mean rows{rows} C{c}"), &read(&ctx, &mean, rows), &m, REL_TOL);
+        assert_close(&format!("layernorm rstd rows{rows} C{c}"), &read(&ctx, &rstd, rows), &r, REL_TOL);
+        // dout is zero outside dout_rows
+        let mut full_dout = vec![0.0; rows * c];
+        full_dout[dout_rows.start * c..dout_rows.end * c].copy_from_slice(&to_f64(&dout));
+        let mut want = vec![0.0; rows * c];
+        reference::layernorm_backward(&mut want, Some(&to_f64(&dres)), &full_dout, &to_f64(&x), &m, &r, &to_f64(&w), c);
+        assert_close(&format!("layernorm backward+residual rows{rows} C{c}"), &read(&ctx, &dx, rows * c), &want, REL_TOL);
+        reference::layernorm_backward(&mut want, None, &full_dout, &to_f64(&x), &m, &r, &to_f64(&w), c);
+        assert_close(&format!("layernorm backward rows{rows} C{c}"), &read(&ctx, &dx_nores, rows * c), &want, REL_TOL);
+    }
+}
+
+#[test]
+fn gelu_forward_and_backward_match_reference() {
+    let ctx = gpu();
+    let gelu = Gelu::new(&ctx);
+    let mut rng = Rng(4);
+    for &n in &[1usize, 63, 1000, 4099] {
+        let mut x = rng.vec(n, 4.0);
+        x[0] = if n > 1 { 30.0 } else { -30.0 }; // saturated tanh must not produce NaN
+        let dy = rng.vec(n, 1.0);
+        let (xb, dyb) = (ctx.upload("x", &x), ctx.upload("dy", &dy));
+        let (y, dx) = (ctx.storage("y", 4 * n as u64), ctx.storage("dx", 4 * n as u64));
+        run(&ctx, |p| {
+            gelu.forward(p, &y, &xb, n);
+            gelu.backward(p, &dx, &dyb, &xb, n);
+        });
+        let mut want = vec![0.0; n];
+        reference::gelu_forward(&mut want, &to_f64(&x));
+        assert_close(&format!("gelu forward n{n}"), &read(&ctx, &y, n), &want, REL_TOL);
+        reference::gelu_backward(&mut want, &to_f64(&dy), &to_f64(&x));
+        assert_close(&format!("gelu backward n{n}"), &read(&ctx, &dx, n), &want, REL_TOL);
+    }
+}
+
+#[test]
+fn embedding_over_vocab_chunks_matches_reference() {
+    let ctx = gpu();
+    let emb = Embedding::new(&ctx);
+    let mut rng = Rng(5);
+    let (v, p, c, t) = (150, 20, 15, 11);
+    let wte = rng.vec(v * c, 1.0);
+    let wpe = rng.vec(p * c, 1.0);
+    let ids: Vec<u32> = (0..t).map(|i| if i == 0 { 149 } else { rng.below(v) as u32 }).collect();
+    let chunks: Vec<VocabChunk> = [(0, 64), (64, 64), (128, 22)]
+        .iter()
+        .map(|&(row0, rows)| VocabChunk { buffer: ctx.upload("wte", &wte[row0 * c..(row0 + rows) * c]), row0, rows })
+        .collect();
+    let (idb, wpeb) = (ctx.upload("ids", &ids), ctx.upload("wpe", &wpe));
+    let out = ctx.storage("out", 4 * (t * c) as u64);
+    run(&ctx, |pl| emb.forward(pl, &out, &idb, &chunks, &wpeb, (t, c)));
+    let mut want = vec![0.0; t * c];
+    reference::embedding_forward(&mut want, &ids, &to_f64(&wte), &to_f64(&wpe), c);
+    assert_close("embedding forward (3 vocab chunks)", &read(&ctx, &out, t * c), &want, REL_TOL);
+}
+
+#[test]
+fn attention_forward_and_backward_match_reference() {
+    let ctx = gpu();
+    let attn = Attention::new(&ctx);
+    let mut rng = Rng(6);
+    // (T, NH, hs): T = 1, odd head sizes, T not a multiple of the 64-wide workgroups
+    for &(t, nh, hs) in &[(1, 1, 4), (1, 3, 5), (7, 3, 5), (13, 2, 8), (70, 2, 3), (33, 4, 16)] {
+        let c = nh * hs;
+        let n_layers = 2;
+        let layer = 1;
+        let qkv = rng.vec(t * 3 * c, 1.5);
+        let dz = rng.vec(t * c, 1.0);
+        let patch = rng.vec(nh * t * t, 1.0);
+        let mut head_scale = vec![1.0f32; n_layers * nh];
+        if nh > 1 {
+            head_scale[layer * nh + 1] = 0.0; // ablate head 1 of layer 1
+        }
+        let (qkvb, dzb, patchb, hsb) = (
+            ctx.upload("qkv", &qkv),
+            ctx.upload("dz", &dz),
+            ctx.upload("patch", &patch),
+            ctx.upload("head_scale", &head_scale),
+        );
+        for eta in [None, Some(0.3f32)] {
+            let att = ctx.storage("att", 4 * (nh * t * t) as u64);
+            let z = ctx.storage("z", 4 * (t * c) as u64);
+            let ra = ctx.storage("ra", 4 * (nh * t * t) as u64);
+            let dqkv = ctx.storage("dqkv", 4 * (t * 3 * c) as u64);
+            let shape = AttentionShape { t, c, nh, layer };
+            run(&ctx, |p| {
+                let b = AttentionBuffers { qkv: &qkvb, att: &att, head_scale: &hsb, patch: eta.map(|e| (&patchb, e)) };
+                attn.forward(p, &z, &b, shape);
+                attn.backward(p, &ra, &dqkv, &dzb, &b, shape);
+            });
+            let hs64 = to_f64(&head_scale[layer * nh..(layer + 1) * nh]);
+            let patch64 = to_f64(&patch);
+            let patch_arg = eta.map(|e| (patch64.as_slice(), e as f64));
+            let (mut a_ref, mut z_ref) = (vec![0.0; nh * t * t], vec![0.0; t * c]);
+            reference::attention_forward(&mut a_ref, &mut z_ref, &to_f64(&qkv), t, c, nh, patch_arg, &hs64);
+            let (mut r_ref, mut dqkv_ref) = (vec![0.0; nh * t * t], vec![0.0; t * 3 * c]);
+            reference::attention_backward(&mut r_ref, &mut dqkv_ref, &to_f64(&dz), &to_f64(&qkv), &a_ref, t, c, nh, patch_arg, &hs64);
+            let tag = format!("T{t} NH{nh} hs{hs} patch {eta:?}");
+            let got_att = read(&ctx, &att, nh * t * t);
+            assert_close(&format!("attention A {tag}"), &got_att, &a_ref, REL_TOL);
+            assert_close(&format!("attention Z {tag}"), &read(&ctx, &z, t * c), &z_ref, REL_TOL);
+            let got_ra = read(&ctx, &ra, nh * t * t);
+            assert_close(&format!("attention RA {tag}"), &got_ra, &r_ref, REL_TOL);
+            assert_close(&format!("attention dQKV {tag}"), &read(&ctx, &dqkv, t * 3 * c), &dqkv_ref, REL_TOL);
+            // exact zeros above the diagonal, in A and in R
+            for h in 0..nh {
+                for i in 0..t {
+                    for j in i + 1..t {
+                        assert_eq!(got_att[(h * t + i) * t + j], 0.0, "A above the diagonal");
+                        assert_eq!(got_ra[(h * t + i) * t + j], 0.0, "RA above the diagonal");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn loss_kernel_matches_reference_for_every_loss() {
+    let ctx = gpu();
+    let ce = CrossEntropy::new(&ctx);
+    let mut rng = Rng(7);
+    let v = 1031;
+    for kind in [LossKind::Nll, LossKind::Ce, LossKind::LogitDiff] {
+        let seq = Sequence::from_ids(vec![1, 2, 3, 4], kind, &[5, 900, 5], Some(17));
+        let (r, plan) = (seq.loss.n_rows(), &seq.loss);
+        let logits = rng.vec(r * v, 6.0);
+        let terms: Vec<GpuTerm> = plan.terms.iter().map(GpuTerm::from).collect();
+        let (lb, sb, tb) = (ctx.upload("logits", &logits), ctx.upload("lse", &plan.lse_scale), ctx.upload("terms", &terms));
+        let (dl, lr) = (ctx.storage("dlogits", 4 * (r * v) as u64), ctx.storage("loss", 4 * r as u64));
+        run(&ctx, |p| ce.forward_backward(p, &lr, &dl, &lb, &sb, &tb, (r, v, terms.len())));
+        let mut want = vec![0.0; r * v];
+        let loss = reference::loss_forward_backward(&mut want, &to_f64(&logits), plan, v);
+        assert_close(&format!("dlogits {}", kind.name()), &read(&ctx, &dl, r * v), &want, REL_TOL);
+        let got: f64 = read(&ctx, &lr, r).iter().map(|&x| x as f64).sum();
+        assert_close(&format!("loss {}", kind.name()), &[got as f32], &[loss], REL_TOL);
+    }
+}
