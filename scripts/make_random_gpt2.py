@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -111,6 +112,7 @@ def main() -> int:
         params = dict(model.transformer.named_parameters())  # parameters only: no attn.bias buffers
         save_file({k: v.detach().to(torch.float32).contiguous() for k, v in params.items()},
                   str(out / "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(out / "model.safetensors", 0o644)  # both writers leave it 0600
     shutil.copyfile(args.tokenizer, out / "tokenizer.json")
 
     conf = json.loads((out / "config.json").read_text())
