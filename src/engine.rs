@@ -191,7 +191,11 @@ impl Workspace {
             buf("head_scale", nl * nh),
             buf("lse_scale", r),
             buf("terms", 4 * key.n_terms.max(1)),
-            if key.patch.is_some() { per_layer("patch", nh * t * t) } else { Vec::new() },
+            if key.patch.is_some() {
+                per_layer("patch", nh * t * t)
+            } else {
+                Vec::new()
+            },
         );
         let mut ws = Workspace {
             ids: ws_inputs.0,
@@ -225,7 +229,11 @@ impl Workspace {
             dmid: buf("dmid", t * c),
             dz: buf("dz", t * c),
             dqkv: buf("dqkv", t * 3 * c),
-            ra: if key.backward { per_layer("ra", nh * t * t) } else { Vec::new() },
+            ra: if key.backward {
+                per_layer("ra", nh * t * t)
+            } else {
+                Vec::new()
+            },
             plan: PlanBuilder::new(ctx).finish(),
             key,
         };
@@ -242,39 +250,115 @@ impl Workspace {
         let p = &mut plan;
 
         // ---- forward ----
-        k.embedding.forward(p, &self.hidden[0], &self.ids, &w.wte, &w.wpe, (t, c));
+        k.embedding
+            .forward(p, &self.hidden[0], &self.ids, &w.wte, &w.wpe, (t, c));
         for (l, lw) in w.layers.iter().enumerate() {
             let (h_in, h_out) = (&self.hidden[l], &self.hidden[l + 1]);
             let (ln1, ln2) = (&self.ln_1[l], &self.ln_2[l]);
             let ln = &k.layernorm;
-            ln.forward(p, &self.ln_out, &ln1.mean, &ln1.rstd, h_in, &lw.ln_1_w, &lw.ln_1_b, (t, c), eps);
-            k.linear.forward(p, &self.qkv[l], &self.ln_out, &lw.attn_w, Some(&lw.attn_b), None, (t, c, 3 * c));
+            ln.forward(
+                p,
+                &self.ln_out,
+                &ln1.mean,
+                &ln1.rstd,
+                h_in,
+                &lw.ln_1_w,
+                &lw.ln_1_b,
+                (t, c),
+                eps,
+            );
+            k.linear.forward(
+                p,
+                &self.qkv[l],
+                &self.ln_out,
+                &lw.attn_w,
+                Some(&lw.attn_b),
+                None,
+                (t, c, 3 * c),
+            );
             let ab = self.attention_buffers(l);
-            k.attention.forward(p, &self.z, &ab, AttentionShape { t, c, nh, layer: l });
-            k.linear.forward(p, &self.mid[l], &self.z, &lw.attn_proj_w, Some(&lw.attn_proj_b), Some(h_in), (t, c, c));
-            ln.forward(p, &self.ln_out, &ln2.mean, &ln2.rstd, &self.mid[l], &lw.ln_2_w, &lw.ln_2_b, (t, c), eps);
-            k.linear.forward(p, &self.fc_pre[l], &self.ln_out, &lw.fc_w, Some(&lw.fc_b), None, (t, c, f));
+            k.attention
+                .forward(p, &self.z, &ab, AttentionShape { t, c, nh, layer: l });
+            k.linear.forward(
+                p,
+                &self.mid[l],
+                &self.z,
+                &lw.attn_proj_w,
+                Some(&lw.attn_proj_b),
+                Some(h_in),
+                (t, c, c),
+            );
+            ln.forward(
+                p,
+                &self.ln_out,
+                &ln2.mean,
+                &ln2.rstd,
+                &self.mid[l],
+                &lw.ln_2_w,
+                &lw.ln_2_b,
+                (t, c),
+                eps,
+            );
+            k.linear.forward(
+                p,
+                &self.fc_pre[l],
+                &self.ln_out,
+                &lw.fc_w,
+                Some(&lw.fc_b),
+                None,
+                (t, c, f),
+            );
             k.gelu.forward(p, &self.fc_act, &self.fc_pre[l], t * f);
-            k.linear.forward(p, h_out, &self.fc_act, &lw.fc_proj_w, Some(&lw.fc_proj_b), Some(&self.mid[l]), (t, f, c));
+            k.linear.forward(
+                p,
+                h_out,
+                &self.fc_act,
+                &lw.fc_proj_w,
+                Some(&lw.fc_proj_b),
+                Some(&self.mid[l]),
+                (t, f, c),
+            );
         }
         let h_last = &self.hidden[cfg.n_layer];
-        k.layernorm.forward(p, &self.ln_out, &self.ln_f.mean, &self.ln_f.rstd, h_last, &w.ln_f_w, &w.ln_f_b, (t, c), eps);
+        k.layernorm.forward(
+            p,
+            &self.ln_out,
+            &self.ln_f.mean,
+            &self.ln_f.rstd,
+            h_last,
+            &w.ln_f_w,
+            &w.ln_f_b,
+            (t, c),
+            eps,
+        );
         // Tied lm_head at the loss rows only: logits (R, V) = ln_f(h)[rows] · wteᵀ, one GEMM per chunk.
         for chunk in &w.wte {
-            k.linear.gemm(p, "lm_head_forward", &Gemm {
-                m: r,
-                n: chunk.rows,
-                k: c,
-                a: Operand::new(&self.ln_out, c).at(key.rows.start * c),
-                b: Operand::new(&chunk.buffer, c),
-                transpose_b: true,
-                c: Operand::new(&self.logits, v).at(chunk.row0),
-                bias: None,
-                residual: None,
-                accumulate: false,
-            });
+            k.linear.gemm(
+                p,
+                "lm_head_forward",
+                &Gemm {
+                    m: r,
+                    n: chunk.rows,
+                    k: c,
+                    a: Operand::new(&self.ln_out, c).at(key.rows.start * c),
+                    b: Operand::new(&chunk.buffer, c),
+                    transpose_b: true,
+                    c: Operand::new(&self.logits, v).at(chunk.row0),
+                    bias: None,
+                    residual: None,
+                    accumulate: false,
+                },
+            );
         }
-        k.cross_entropy.forward_backward(p, &self.loss_rows, &self.dlogits, &self.logits, &self.lse_scale, &self.terms, (r, v, key.n_terms));
+        k.cross_entropy.forward_backward(
+            p,
+            &self.loss_rows,
+            &self.dlogits,
+            &self.logits,
+            &self.lse_scale,
+            &self.terms,
+            (r, v, key.n_terms),
+        );
         if !key.backward {
             return plan.finish();
         }
@@ -282,36 +366,91 @@ impl Workspace {
         // ---- backward ----
         // dln_f_rows (R, C) = dlogits · wte, differentiating logits = x·wteᵀ; summed over chunks.
         for (i, chunk) in w.wte.iter().enumerate() {
-            k.linear.gemm(p, "lm_head_backward", &Gemm {
-                m: r,
-                n: c,
-                k: chunk.rows,
-                a: Operand::new(&self.dlogits, v).at(chunk.row0),
-                b: Operand::new(&chunk.buffer, c),
-                transpose_b: false,
-                c: Operand::new(&self.dln_f_rows, c),
-                bias: None,
-                residual: None,
-                accumulate: i > 0,
-            });
+            k.linear.gemm(
+                p,
+                "lm_head_backward",
+                &Gemm {
+                    m: r,
+                    n: c,
+                    k: chunk.rows,
+                    a: Operand::new(&self.dlogits, v).at(chunk.row0),
+                    b: Operand::new(&chunk.buffer, c),
+                    transpose_b: false,
+                    c: Operand::new(&self.dln_f_rows, c),
+                    bias: None,
+                    residual: None,
+                    accumulate: i > 0,
+                },
+            );
         }
-        let saved = LayerNormSaved { x: h_last, mean: &self.ln_f.mean, rstd: &self.ln_f.rstd, w: &w.ln_f_w };
-        k.layernorm.backward(p, &self.dhidden[cfg.n_layer], None, &self.dln_f_rows, key.rows.clone(), &saved, (t, c));
+        let saved = LayerNormSaved {
+            x: h_last,
+            mean: &self.ln_f.mean,
+            rstd: &self.ln_f.rstd,
+            w: &w.ln_f_w,
+        };
+        k.layernorm.backward(
+            p,
+            &self.dhidden[cfg.n_layer],
+            None,
+            &self.dln_f_rows,
+            key.rows.clone(),
+            &saved,
+            (t, c),
+        );
         for (l, lw) in w.layers.iter().enumerate().rev() {
             let dh_out = &self.dhidden[l + 1];
             // MLP: h_out = mid + gelu(LN2(mid)·W_fc + b_fc)·W_proj + b_proj
-            k.linear.backward_input(p, &self.d_fc_act, dh_out, &lw.fc_proj_w, (t, f, c));
-            k.gelu.backward(p, &self.d_fc_pre, &self.d_fc_act, &self.fc_pre[l], t * f);
-            k.linear.backward_input(p, &self.d_ln, &self.d_fc_pre, &lw.fc_w, (t, c, f));
-            let saved = LayerNormSaved { x: &self.mid[l], mean: &self.ln_2[l].mean, rstd: &self.ln_2[l].rstd, w: &lw.ln_2_w };
-            k.layernorm.backward(p, &self.dmid, Some(dh_out), &self.d_ln, 0..t, &saved, (t, c));
+            k.linear
+                .backward_input(p, &self.d_fc_act, dh_out, &lw.fc_proj_w, (t, f, c));
+            k.gelu
+                .backward(p, &self.d_fc_pre, &self.d_fc_act, &self.fc_pre[l], t * f);
+            k.linear
+                .backward_input(p, &self.d_ln, &self.d_fc_pre, &lw.fc_w, (t, c, f));
+            let saved = LayerNormSaved {
+                x: &self.mid[l],
+                mean: &self.ln_2[l].mean,
+                rstd: &self.ln_2[l].rstd,
+                w: &lw.ln_2_w,
+            };
+            k.layernorm.backward(
+                p,
+                &self.dmid,
+                Some(dh_out),
+                &self.d_ln,
+                0..t,
+                &saved,
+                (t, c),
+            );
             // Attention: mid = h_in + Z·W_o + b_o;  G = dmid·W_oᵀ
-            k.linear.backward_input(p, &self.dz, &self.dmid, &lw.attn_proj_w, (t, c, c));
+            k.linear
+                .backward_input(p, &self.dz, &self.dmid, &lw.attn_proj_w, (t, c, c));
             let ab = self.attention_buffers(l);
-            k.attention.backward(p, &self.ra[l], &self.dqkv, &self.dz, &ab, AttentionShape { t, c, nh, layer: l });
-            k.linear.backward_input(p, &self.d_ln, &self.dqkv, &lw.attn_w, (t, c, 3 * c));
-            let saved = LayerNormSaved { x: &self.hidden[l], mean: &self.ln_1[l].mean, rstd: &self.ln_1[l].rstd, w: &lw.ln_1_w };
-            k.layernorm.backward(p, &self.dhidden[l], Some(&self.dmid), &self.d_ln, 0..t, &saved, (t, c));
+            k.attention.backward(
+                p,
+                &self.ra[l],
+                &self.dqkv,
+                &self.dz,
+                &ab,
+                AttentionShape { t, c, nh, layer: l },
+            );
+            k.linear
+                .backward_input(p, &self.d_ln, &self.dqkv, &lw.attn_w, (t, c, 3 * c));
+            let saved = LayerNormSaved {
+                x: &self.hidden[l],
+                mean: &self.ln_1[l].mean,
+                rstd: &self.ln_1[l].rstd,
+                w: &lw.ln_1_w,
+            };
+            k.layernorm.backward(
+                p,
+                &self.dhidden[l],
+                Some(&self.dmid),
+                &self.d_ln,
+                0..t,
+                &saved,
+                (t, c),
+            );
         }
         plan.finish()
     }
@@ -359,10 +498,15 @@ impl Engine {
             )));
         }
         if let Some(&id) = seq.ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-            return Err(Error::Input(format!("token id {id} is outside the vocabulary ({})", cfg.vocab_size)));
+            return Err(Error::Input(format!(
+                "token id {id} is outside the vocabulary ({})",
+                cfg.vocab_size
+            )));
         }
         if seq.loss.rows.end > t {
-            return Err(Error::Input("the loss reads positions past the sequence".into()));
+            return Err(Error::Input(
+                "the loss reads positions past the sequence".into(),
+            ));
         }
         if let Some(p) = &options.patch {
             let want = cfg.n_layer * cfg.n_head * t * t;
@@ -373,7 +517,11 @@ impl Engine {
                 )));
             }
         }
-        if let Some(&(l, h)) = options.ablated_heads.iter().find(|(l, h)| *l >= cfg.n_layer || *h >= cfg.n_head) {
+        if let Some(&(l, h)) = options
+            .ablated_heads
+            .iter()
+            .find(|(l, h)| *l >= cfg.n_layer || *h >= cfg.n_head)
+        {
             return Err(Error::Input(format!("no head L{l}H{h} in this model")));
         }
         Ok(())
@@ -395,7 +543,11 @@ impl Engine {
         let ws = self.workspace.as_ref().expect("workspace was just built");
         let q = &self.ctx.queue;
         q.write_buffer(&ws.ids, 0, bytemuck::cast_slice(&seq.ids));
-        q.write_buffer(&ws.head_scale, 0, bytemuck::cast_slice(&options.head_scale(&self.config)));
+        q.write_buffer(
+            &ws.head_scale,
+            0,
+            bytemuck::cast_slice(&options.head_scale(&self.config)),
+        );
         q.write_buffer(&ws.lse_scale, 0, bytemuck::cast_slice(&seq.loss.lse_scale));
         let terms: Vec<GpuTerm> = seq.loss.terms.iter().map(GpuTerm::from).collect();
         if !terms.is_empty() {
@@ -410,7 +562,12 @@ impl Engine {
     }
 
     /// Runs the pass and reads back what `readback` asks for.
-    pub fn run(&mut self, seq: &Sequence, options: &ForwardOptions, readback: Readback) -> Result<PassOutput> {
+    pub fn run(
+        &mut self,
+        seq: &Sequence,
+        options: &ForwardOptions,
+        readback: Readback,
+    ) -> Result<PassOutput> {
         self.validate(seq, options)?;
         let t0 = Instant::now();
         self.prepare(seq, options, readback.backward);
@@ -432,7 +589,8 @@ impl Engine {
 
         let (t, r, v) = (seq.len(), seq.loss.rows.len(), self.config.vocab_size);
         let (nl, nh, c) = (self.config.n_layer, self.config.n_head, self.config.n_embd);
-        let mut sources: Vec<(&wgpu::Buffer, usize)> = vec![(&ws.loss_rows, r), (&ws.logits, r * v)];
+        let mut sources: Vec<(&wgpu::Buffer, usize)> =
+            vec![(&ws.loss_rows, r), (&ws.logits, r * v)];
         let want_att = readback.attention;
         let want_ra = readback.reversed_attention && readback.backward;
         let want_dh = readback.hidden_grads && readback.backward;
@@ -474,7 +632,12 @@ impl Backend for Engine {
         self.ctx.describe()
     }
 
-    fn run(&mut self, seq: &Sequence, options: &ForwardOptions, readback: Readback) -> Result<PassOutput> {
+    fn run(
+        &mut self,
+        seq: &Sequence,
+        options: &ForwardOptions,
+        readback: Readback,
+    ) -> Result<PassOutput> {
         Engine::run(self, seq, options, readback)
     }
 }

@@ -119,7 +119,12 @@ impl GpuContext {
             let mut slot = sink.lock().unwrap();
             if slot.is_none() {
                 // wgpu's messages span lines; keep the CLI's errors to one line.
-                *slot = Some(e.to_string().split_whitespace().collect::<Vec<_>>().join(" "));
+                *slot = Some(
+                    e.to_string()
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                );
             }
         }));
         let profile = if info.device_type == wgpu::DeviceType::Cpu {
@@ -141,9 +146,12 @@ impl GpuContext {
     /// "llvmpipe (LLVM 15.0.6, 256 bits) · Vulkan · Mesa 22.3.6"
     pub fn describe(&self) -> String {
         let i = &self.info;
-        format!("{} · {:?} · {} {}", i.name, i.backend, i.driver, i.driver_info)
-            .trim()
-            .to_string()
+        format!(
+            "{} · {:?} · {} {}",
+            i.name, i.backend, i.driver, i.driver_info
+        )
+        .trim()
+        .to_string()
     }
 
     /// Returns the first wgpu error reported since the last call, as `Error::Gpu`.

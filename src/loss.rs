@@ -185,7 +185,12 @@ impl Sequence {
                 },
             ),
         };
-        Sequence { ids, prompt_len, loss, kind }
+        Sequence {
+            ids,
+            prompt_len,
+            loss,
+            kind,
+        }
     }
 
     pub fn len(&self) -> usize {

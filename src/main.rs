@@ -60,7 +60,11 @@ enum Command {
 }
 
 fn info(choice: BackendChoice) -> Result<()> {
-    let adapters = gpu::list_adapters(if choice == BackendChoice::Cpu { BackendChoice::Auto } else { choice });
+    let adapters = gpu::list_adapters(if choice == BackendChoice::Cpu {
+        BackendChoice::Auto
+    } else {
+        choice
+    });
     println!("adapters found: {}", adapters.len());
     for a in &adapters {
         println!(
@@ -77,13 +81,34 @@ fn info(choice: BackendChoice) -> Result<()> {
     println!("kernel profile: {:?}", ctx.profile);
     let l = &ctx.limits;
     println!("limits:");
-    println!("  max_buffer_size                      {}", l.max_buffer_size);
-    println!("  max_storage_buffer_binding_size      {}", l.max_storage_buffer_binding_size);
-    println!("  max_storage_buffers_per_shader_stage {}", l.max_storage_buffers_per_shader_stage);
-    println!("  max_compute_workgroups_per_dimension {}", l.max_compute_workgroups_per_dimension);
-    println!("  max_compute_invocations_per_workgroup {}", l.max_compute_invocations_per_workgroup);
-    println!("  max_compute_workgroup_storage_size   {}", l.max_compute_workgroup_storage_size);
-    println!("  min_uniform_buffer_offset_alignment  {}", l.min_uniform_buffer_offset_alignment);
+    println!(
+        "  max_buffer_size                      {}",
+        l.max_buffer_size
+    );
+    println!(
+        "  max_storage_buffer_binding_size      {}",
+        l.max_storage_buffer_binding_size
+    );
+    println!(
+        "  max_storage_buffers_per_shader_stage {}",
+        l.max_storage_buffers_per_shader_stage
+    );
+    println!(
+        "  max_compute_workgroups_per_dimension {}",
+        l.max_compute_workgroups_per_dimension
+    );
+    println!(
+        "  max_compute_invocations_per_workgroup {}",
+        l.max_compute_invocations_per_workgroup
+    );
+    println!(
+        "  max_compute_workgroup_storage_size   {}",
+        l.max_compute_workgroup_storage_size
+    );
+    println!(
+        "  min_uniform_buffer_offset_alignment  {}",
+        l.min_uniform_buffer_offset_alignment
+    );
     println!("features: {:?}", ctx.adapter.features());
     Ok(())
 }
@@ -91,8 +116,27 @@ fn info(choice: BackendChoice) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Maps { model, prompt, target, loss, foil, bos, top_k, out } => {
-            let args = MapsArgs { model, prompt, target, loss, foil, bos, top_k, out, backend: cli.backend };
+        Command::Maps {
+            model,
+            prompt,
+            target,
+            loss,
+            foil,
+            bos,
+            top_k,
+            out,
+        } => {
+            let args = MapsArgs {
+                model,
+                prompt,
+                target,
+                loss,
+                foil,
+                bos,
+                top_k,
+                out,
+                backend: cli.backend,
+            };
             maps::run(&args).map(|report| print!("{}", maps::format_report(&report, &args)))
         }
         Command::Info => info(cli.backend),

@@ -45,11 +45,16 @@ impl StagedDir {
     /// Fails with a one-line error when `out` cannot be written.
     pub fn create(out: &Path) -> Result<Self> {
         if out.exists() && !out.is_dir() {
-            return Err(Error::Output(format!("{} exists and is not a directory", out.display())));
+            return Err(Error::Output(format!(
+                "{} exists and is not a directory",
+                out.display()
+            )));
         }
         let name = out
             .file_name()
-            .ok_or_else(|| Error::Output(format!("{} is not a usable directory name", out.display())))?
+            .ok_or_else(|| {
+                Error::Output(format!("{} is not a usable directory name", out.display()))
+            })?
             .to_string_lossy()
             .to_string();
         let parent = match out.parent() {
@@ -57,7 +62,11 @@ impl StagedDir {
             _ => PathBuf::from("."),
         };
         if !parent.is_dir() {
-            return Err(Error::Output(format!("cannot write {}: {} does not exist", out.display(), parent.display())));
+            return Err(Error::Output(format!(
+                "cannot write {}: {} does not exist",
+                out.display(),
+                parent.display()
+            )));
         }
         let staging = parent.join(format!(".{name}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
@@ -68,7 +77,10 @@ impl StagedDir {
             let probe = out.join(format!(".revattn-probe-{}", std::process::id()));
             if let Err(e) = std::fs::write(&probe, b"") {
                 let _ = std::fs::remove_dir_all(&staging);
-                return Err(Error::Output(format!("cannot write to {}: {e}", out.display())));
+                return Err(Error::Output(format!(
+                    "cannot write to {}: {e}",
+                    out.display()
+                )));
             }
             let _ = std::fs::remove_file(probe);
         }
@@ -90,7 +102,8 @@ impl StagedDir {
         if !self.out.exists() {
             std::fs::rename(&self.staging, &self.out).map_err(|e| Error::io(&self.out, e))?;
         } else {
-            let entries = std::fs::read_dir(&self.staging).map_err(|e| Error::io(&self.staging, e))?;
+            let entries =
+                std::fs::read_dir(&self.staging).map_err(|e| Error::io(&self.staging, e))?;
             for entry in entries {
                 let entry = entry.map_err(|e| Error::io(&self.staging, e))?;
                 let dest = self.out.join(entry.file_name());
@@ -173,7 +186,11 @@ pub fn run(args: &MapsArgs) -> Result<MapsReport> {
     let attention_norms = frobenius_norms(attention, t);
     let ra_norms = frobenius_norms(ra, t);
     let logits_last = &out.logits[..v];
-    let tokens: Vec<String> = seq.ids.iter().map(|&id| model.tokenizer.token_text(id)).collect();
+    let tokens: Vec<String> = seq
+        .ids
+        .iter()
+        .map(|&id| model.tokenizer.token_text(id))
+        .collect();
     let ranked = top_heads(&ra_norms, nh, nl * nh);
     let top10: Vec<(HeadScore, f32)> = ranked
         .iter()
@@ -183,16 +200,45 @@ pub fn run(args: &MapsArgs) -> Result<MapsReport> {
     let next: Vec<(u32, f64)> = top_tokens(logits_last, 5);
 
     // maps.safetensors
-    let ids: Vec<u8> = seq.ids.iter().flat_map(|&id| (id as i64).to_le_bytes()).collect();
+    let ids: Vec<u8> = seq
+        .ids
+        .iter()
+        .flat_map(|&id| (id as i64).to_le_bytes())
+        .collect();
     let loss_f32 = [out.loss as f32];
     let owned: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
         ("input_ids", Dtype::I64, vec![t], ids),
-        ("attention", Dtype::F32, vec![nl, nh, t, t], tensor_bytes_f32(attention)),
-        ("reversed_attention", Dtype::F32, vec![nl, nh, t, t], tensor_bytes_f32(ra)),
-        ("attention_norms", Dtype::F32, vec![nl, nh], tensor_bytes_f32(&attention_norms)),
-        ("ra_norms", Dtype::F32, vec![nl, nh], tensor_bytes_f32(&ra_norms)),
+        (
+            "attention",
+            Dtype::F32,
+            vec![nl, nh, t, t],
+            tensor_bytes_f32(attention),
+        ),
+        (
+            "reversed_attention",
+            Dtype::F32,
+            vec![nl, nh, t, t],
+            tensor_bytes_f32(ra),
+        ),
+        (
+            "attention_norms",
+            Dtype::F32,
+            vec![nl, nh],
+            tensor_bytes_f32(&attention_norms),
+        ),
+        (
+            "ra_norms",
+            Dtype::F32,
+            vec![nl, nh],
+            tensor_bytes_f32(&ra_norms),
+        ),
         ("loss", Dtype::F32, vec![1], tensor_bytes_f32(&loss_f32)),
-        ("logits_last", Dtype::F32, vec![v], tensor_bytes_f32(logits_last)),
+        (
+            "logits_last",
+            Dtype::F32,
+            vec![v],
+            tensor_bytes_f32(logits_last),
+        ),
     ];
     let views: Vec<(&str, TensorView)> = owned
         .iter()
@@ -202,7 +248,10 @@ pub fn run(args: &MapsArgs) -> Result<MapsReport> {
         })
         .collect();
     let metadata: HashMap<String, String> = [
-        ("tokens", serde_json::to_string(&tokens).expect("strings serialize")),
+        (
+            "tokens",
+            serde_json::to_string(&tokens).expect("strings serialize"),
+        ),
         ("prompt", args.prompt.clone()),
         ("target", args.target.clone()),
         ("foil", args.foil.clone().unwrap_or_default()),
@@ -221,7 +270,10 @@ pub fn run(args: &MapsArgs) -> Result<MapsReport> {
 
     // PNGs
     let mut files = vec!["maps.safetensors".to_string(), "summary.json".to_string()];
-    staged.write("norms.png", &render::norms_png(&attention_norms, &ra_norms, nl, nh))?;
+    staged.write(
+        "norms.png",
+        &render::norms_png(&attention_norms, &ra_norms, nl, nh),
+    )?;
     files.push("norms.png".into());
     for h in ranked.iter().take(args.top_k) {
         let name = format!("head_L{}_H{}.png", h.layer, h.head);
@@ -286,18 +338,46 @@ pub fn format_report(r: &MapsReport, args: &MapsArgs) -> String {
     let _ = writeln!(s, "loss     {} = {:.6}", args.loss.name(), r.loss);
     let _ = writeln!(s, "\n top heads by ‖RA‖_F        ‖RA‖_F      ‖A‖_F");
     for (i, (h, a)) in r.top_heads.iter().enumerate() {
-        let _ = writeln!(s, " {:>2}. layer {:>2} head {:>2}   {:>10.4e}  {:>9.4}", i + 1, h.layer, h.head, h.score, a);
+        let _ = writeln!(
+            s,
+            " {:>2}. layer {:>2} head {:>2}   {:>10.4e}  {:>9.4}",
+            i + 1,
+            h.layer,
+            h.head,
+            h.score,
+            a
+        );
     }
     let _ = writeln!(s, "\n next token after the prompt");
     for (text, p) in &r.next_tokens {
         let _ = writeln!(s, "   {:<20} {:>7.3}%", format!("{text:?}"), 100.0 * p);
     }
-    let total: f64 = r.timings.iter().filter(|(k, _)| !k.starts_with("pass_") || *k == "pass_total").map(|(_, v)| v).sum();
-    let pass = r.timings.iter().find(|(k, _)| *k == "pass_total").map(|(_, v)| *v).unwrap_or(0.0);
-    let _ = writeln!(s, "\n time     {:.0} ms total, {:.0} ms forward + backward", total, pass);
+    let total: f64 = r
+        .timings
+        .iter()
+        .filter(|(k, _)| !k.starts_with("pass_") || *k == "pass_total")
+        .map(|(_, v)| v)
+        .sum();
+    let pass = r
+        .timings
+        .iter()
+        .find(|(k, _)| *k == "pass_total")
+        .map(|(_, v)| *v)
+        .unwrap_or(0.0);
+    let _ = writeln!(
+        s,
+        "\n time     {:.0} ms total, {:.0} ms forward + backward",
+        total, pass
+    );
     let _ = writeln!(s, " files    {}/", args.out.display());
     for f in &r.files {
-        let _ = writeln!(s, "   {}", f.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+        let _ = writeln!(
+            s,
+            "   {}",
+            f.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        );
     }
     s
 }

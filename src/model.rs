@@ -87,7 +87,9 @@ impl GptConfig {
         }
         for flag in ["scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"] {
             if v.get(flag).and_then(|f| f.as_bool()) == Some(true) {
-                return Err(Error::Model(format!("config.json: {flag}=true is not supported")));
+                return Err(Error::Model(format!(
+                    "config.json: {flag}=true is not supported"
+                )));
             }
         }
         if v.get("scale_attn_weights").and_then(|f| f.as_bool()) == Some(false) {
@@ -228,9 +230,8 @@ fn f16_to_f32(bits: u16) -> f32 {
 
 impl Weights {
     fn load(bytes: Bytes, config: &GptConfig) -> Result<Self> {
-        let st = SafeTensors::deserialize(bytes.as_slice()).map_err(|e| {
-            Error::Model(format!("model.safetensors is truncated or corrupt: {e}"))
-        })?;
+        let st = SafeTensors::deserialize(bytes.as_slice())
+            .map_err(|e| Error::Model(format!("model.safetensors is truncated or corrupt: {e}")))?;
         // Accept both key layouts: save_pretrained writes "transformer.h.0…", hub files "h.0…".
         let mut names: HashMap<String, String> = HashMap::new();
         for name in st.names() {
@@ -239,9 +240,9 @@ impl Weights {
         }
         let base = bytes.as_slice().as_ptr() as usize;
         let take = |short: &str, shape: &[usize]| -> Result<Tensor> {
-            let full = names.get(short).ok_or_else(|| {
-                Error::Model(format!("model.safetensors has no tensor {short}"))
-            })?;
+            let full = names
+                .get(short)
+                .ok_or_else(|| Error::Model(format!("model.safetensors has no tensor {short}")))?;
             let view = st
                 .tensor(full)
                 .map_err(|e| Error::Model(format!("tensor {full}: {e}")))?;
@@ -264,9 +265,9 @@ impl Weights {
                                 offset,
                                 len,
                             },
-                            Bytes::Static(s) => {
-                                TensorData::Static(bytemuck::cast_slice(&s[offset..offset + len * 4]))
-                            }
+                            Bytes::Static(s) => TensorData::Static(bytemuck::cast_slice(
+                                &s[offset..offset + len * 4],
+                            )),
                         }
                     } else {
                         TensorData::Owned(
@@ -357,11 +358,17 @@ impl Model {
     /// Loads an HF GPT-2 directory.
     pub fn load(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(Error::Model(format!("{} is not a directory", dir.display())));
+            return Err(Error::Model(format!(
+                "{} is not a directory",
+                dir.display()
+            )));
         }
         let config_path = dir.join("config.json");
         if !config_path.exists() {
-            return Err(Error::Model(format!("{} has no config.json", dir.display())));
+            return Err(Error::Model(format!(
+                "{} has no config.json",
+                dir.display()
+            )));
         }
         let config = GptConfig::from_json(&read_text(&config_path)?)?;
         let tokenizer = Gpt2Tokenizer::load_dir(dir)?;

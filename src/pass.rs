@@ -88,5 +88,10 @@ pub struct PassOutput {
 pub trait Backend {
     /// A one-line description (adapter name and backend, or "cpu reference (f64)").
     fn describe(&self) -> String;
-    fn run(&mut self, seq: &Sequence, options: &ForwardOptions, readback: Readback) -> Result<PassOutput>;
+    fn run(
+        &mut self,
+        seq: &Sequence,
+        options: &ForwardOptions,
+        readback: Readback,
+    ) -> Result<PassOutput>;
 }

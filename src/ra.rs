@@ -3,7 +3,12 @@
 /// Frobenius norm of each T×T map in `maps` (n_maps, T, T) → (n_maps), accumulated in f64.
 pub fn frobenius_norms(maps: &[f32], t: usize) -> Vec<f32> {
     maps.chunks(t * t)
-        .map(|m| m.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt() as f32)
+        .map(|m| {
+            m.iter()
+                .map(|&x| (x as f64) * (x as f64))
+                .sum::<f64>()
+                .sqrt() as f32
+        })
         .collect()
 }
 

@@ -9,7 +9,9 @@ use safetensors::tensor::TensorView;
 use safetensors::SafeTensors;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
 }
 
 fn revattn(args: &[&str]) -> Output {
@@ -21,7 +23,17 @@ fn revattn(args: &[&str]) -> Output {
 }
 
 fn maps_args<'a>(model: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec!["maps", "--model", model, "--prompt", "I like Italy and France. I visited the city of", "--target", " Florence", "--out", out]
+    vec![
+        "maps",
+        "--model",
+        model,
+        "--prompt",
+        "I like Italy and France. I visited the city of",
+        "--target",
+        " Florence",
+        "--out",
+        out,
+    ]
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -37,25 +49,53 @@ fn maps_writes_every_file_and_tensor() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let model = fixture("tiny-prefixed");
-    for (loss, extra) in [("nll", vec![]), ("ce", vec!["--bos"]), ("logit-diff", vec!["--foil", " Rome"])] {
+    for (loss, extra) in [
+        ("nll", vec![]),
+        ("ce", vec!["--bos"]),
+        ("logit-diff", vec!["--foil", " Rome"]),
+    ] {
         let mut args = maps_args(model.to_str().unwrap(), out.to_str().unwrap());
         args.extend(["--loss", loss, "--top-k", "3"]);
         args.extend(extra.iter().copied());
         let o = revattn(&args);
         let stdout = String::from_utf8_lossy(&o.stdout);
         println!("{stdout}");
-        assert!(o.status.success(), "maps --loss {loss} failed: {}", String::from_utf8_lossy(&o.stderr));
-        assert!(stdout.contains("top heads") && stdout.contains("next token"), "stdout table: {stdout}");
+        assert!(
+            o.status.success(),
+            "maps --loss {loss} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            stdout.contains("top heads") && stdout.contains("next token"),
+            "stdout table: {stdout}"
+        );
         let bytes = std::fs::read(out.join("maps.safetensors")).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
         names.sort();
-        assert_eq!(names, ["attention", "attention_norms", "input_ids", "logits_last", "loss", "ra_norms", "reversed_attention"]);
+        assert_eq!(
+            names,
+            [
+                "attention",
+                "attention_norms",
+                "input_ids",
+                "logits_last",
+                "loss",
+                "ra_norms",
+                "reversed_attention"
+            ]
+        );
         let t = st.tensor("input_ids").unwrap().shape()[0];
-        let expect_t = match loss { "ce" => 13, _ => 11 }; // ce runs prompt + target; --bos adds one
+        let expect_t = match loss {
+            "ce" => 13,
+            _ => 11,
+        }; // ce runs prompt + target; --bos adds one
         assert_eq!(t, expect_t, "T for {loss}");
         assert_eq!(st.tensor("attention").unwrap().shape(), [3, 4, t, t]);
-        assert_eq!(st.tensor("reversed_attention").unwrap().shape(), [3, 4, t, t]);
+        assert_eq!(
+            st.tensor("reversed_attention").unwrap().shape(),
+            [3, 4, t, t]
+        );
         assert_eq!(st.tensor("ra_norms").unwrap().shape(), [3, 4]);
         assert_eq!(st.tensor("logits_last").unwrap().shape(), [1024]);
         let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
@@ -66,19 +106,31 @@ fn maps_writes_every_file_and_tensor() {
         assert_eq!(meta["loss"], loss);
         let tokens: Vec<String> = serde_json::from_str(&meta["tokens"]).unwrap();
         assert_eq!(tokens.len(), t);
-        let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
-        assert_eq!(summary["top_heads_by_ra_norm"].as_array().unwrap().len(), 10);
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(
+            summary["top_heads_by_ra_norm"].as_array().unwrap().len(),
+            10
+        );
         assert_eq!(summary["next_tokens"].as_array().unwrap().len(), 5);
         assert!(summary["timings_ms"]["pass_compute"].as_f64().unwrap() >= 0.0);
-        let pngs: Vec<_> = std::fs::read_dir(&out).unwrap().filter_map(|e| {
-            let n = e.unwrap().file_name().to_string_lossy().to_string();
-            n.starts_with("head_L").then_some(n)
-        }).collect();
+        let pngs: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .filter_map(|e| {
+                let n = e.unwrap().file_name().to_string_lossy().to_string();
+                n.starts_with("head_L").then_some(n)
+            })
+            .collect();
         assert!(pngs.len() >= 3, "top-k PNGs: {pngs:?}");
-        assert!(std::fs::read(out.join("norms.png")).unwrap().starts_with(b"\x89PNG"));
+        assert!(std::fs::read(out.join("norms.png"))
+            .unwrap()
+            .starts_with(b"\x89PNG"));
     }
     // nothing but the outputs is left next to --out
-    let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(leftovers, ["out"]);
 }
 
@@ -86,7 +138,15 @@ fn maps_writes_every_file_and_tensor() {
 fn maps_without_model_uses_the_embedded_model() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let o = revattn(&["maps", "--prompt", "I visited the city of", "--target", " Florence", "--out", out.to_str().unwrap()]);
+    let o = revattn(&[
+        "maps",
+        "--prompt",
+        "I visited the city of",
+        "--target",
+        " Florence",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("embedded default model"));
 }
@@ -103,18 +163,34 @@ fn expect_error(name: &str, model: Option<&Path>, extra: &[&str], needle: &str) 
     }
     let out_str = out.to_string_lossy().to_string();
     let has = |flag: &str| extra.contains(&flag);
-    if !has("--prompt") { args.extend(["--prompt", "I visited the city of"]); }
-    if !has("--target") { args.extend(["--target", " Florence"]); }
-    if !has("--out") { args.extend(["--out", &out_str]); }
+    if !has("--prompt") {
+        args.extend(["--prompt", "I visited the city of"]);
+    }
+    if !has("--target") {
+        args.extend(["--target", " Florence"]);
+    }
+    if !has("--out") {
+        args.extend(["--out", &out_str]);
+    }
     args.extend(extra);
     let o = revattn(&args);
     let stderr = String::from_utf8_lossy(&o.stderr);
     println!("{name:<28} → {}", stderr.trim());
     assert!(!o.status.success(), "{name}: expected failure");
-    assert_eq!(stderr.trim().lines().count(), 1, "{name}: error must be one line: {stderr}");
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "{name}: error must be one line: {stderr}"
+    );
     assert!(stderr.starts_with("error:"), "{name}: {stderr}");
-    assert!(stderr.to_lowercase().contains(&needle.to_lowercase()), "{name}: expected {needle:?} in {stderr:?}");
-    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(
+        stderr.to_lowercase().contains(&needle.to_lowercase()),
+        "{name}: expected {needle:?} in {stderr:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert!(left.is_empty(), "{name}: left files behind: {left:?}");
 }
 
@@ -131,7 +207,12 @@ fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, V
     edit(&mut tensors);
     let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|(n, s, b)| (n.clone(), TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     std::fs::write(&path, safetensors::tensor::serialize(views, None).unwrap()).unwrap();
 }
@@ -147,58 +228,153 @@ fn bad_inputs_fail_with_one_line_and_no_files() {
         dir
     };
 
-    expect_error("model dir missing", Some(&scratch.path().join("nope")), &[], "not a directory");
-    let d = variant("no-weights", &|d| std::fs::remove_file(d.join("model.safetensors")).unwrap());
-    expect_error("model.safetensors missing", Some(&d), &[], "no model.safetensors");
+    expect_error(
+        "model dir missing",
+        Some(&scratch.path().join("nope")),
+        &[],
+        "not a directory",
+    );
+    let d = variant("no-weights", &|d| {
+        std::fs::remove_file(d.join("model.safetensors")).unwrap()
+    });
+    expect_error(
+        "model.safetensors missing",
+        Some(&d),
+        &[],
+        "no model.safetensors",
+    );
     let d = variant("truncated", &|d| {
         let p = d.join("model.safetensors");
         let b = std::fs::read(&p).unwrap();
         std::fs::write(&p, &b[..b.len() / 2]).unwrap();
     });
-    expect_error("model.safetensors truncated", Some(&d), &[], "truncated or corrupt");
-    let d = variant("corrupt", &|d| std::fs::write(d.join("model.safetensors"), b"\x10\0\0\0\0\0\0\0{not json at all").unwrap());
-    expect_error("model.safetensors corrupt", Some(&d), &[], "truncated or corrupt");
-    let d = variant("missing-tensor", &|d| rewrite_weights(d, |t| t.retain(|(n, _, _)| n != "ln_f.bias")));
+    expect_error(
+        "model.safetensors truncated",
+        Some(&d),
+        &[],
+        "truncated or corrupt",
+    );
+    let d = variant("corrupt", &|d| {
+        std::fs::write(
+            d.join("model.safetensors"),
+            b"\x10\0\0\0\0\0\0\0{not json at all",
+        )
+        .unwrap()
+    });
+    expect_error(
+        "model.safetensors corrupt",
+        Some(&d),
+        &[],
+        "truncated or corrupt",
+    );
+    let d = variant("missing-tensor", &|d| {
+        rewrite_weights(d, |t| t.retain(|(n, _, _)| n != "ln_f.bias"))
+    });
     expect_error("missing tensor", Some(&d), &[], "no tensor ln_f.bias");
     let d = variant("wrong-shape", &|d| {
         rewrite_weights(d, |t| {
-            let e = t.iter_mut().find(|(n, _, _)| n == "h.1.attn.c_proj.weight").unwrap();
+            let e = t
+                .iter_mut()
+                .find(|(n, _, _)| n == "h.1.attn.c_proj.weight")
+                .unwrap();
             e.1 = vec![e.1[0] * e.1[1] / 5, 5];
         })
     });
-    expect_error("wrongly shaped tensor", Some(&d), &[], "h.1.attn.c_proj.weight has shape");
-    let d = variant("no-config", &|d| std::fs::remove_file(d.join("config.json")).unwrap());
+    expect_error(
+        "wrongly shaped tensor",
+        Some(&d),
+        &[],
+        "h.1.attn.c_proj.weight has shape",
+    );
+    let d = variant("no-config", &|d| {
+        std::fs::remove_file(d.join("config.json")).unwrap()
+    });
     expect_error("config.json missing", Some(&d), &[], "no config.json");
     let d = variant("bad-config", &|d| {
         let p = d.join("config.json");
-        let s = std::fs::read_to_string(&p).unwrap().replace("\"n_head\": 3", "\"n_head\": 4");
+        let s = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("\"n_head\": 3", "\"n_head\": 4");
         std::fs::write(&p, s).unwrap();
     });
     expect_error("config.json inconsistent", Some(&d), &[], "not divisible");
     let d = variant("bad-embd", &|d| {
         let p = d.join("config.json");
-        let s = std::fs::read_to_string(&p).unwrap().replace("\"n_embd\": 15", "\"n_embd\": 18");
+        let s = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("\"n_embd\": 15", "\"n_embd\": 18");
         std::fs::write(&p, s).unwrap();
     });
     expect_error("config.json vs weights", Some(&d), &[], "has shape");
-    let d = variant("no-tokenizer", &|d| std::fs::remove_file(d.join("tokenizer.json")).unwrap());
+    let d = variant("no-tokenizer", &|d| {
+        std::fs::remove_file(d.join("tokenizer.json")).unwrap()
+    });
     expect_error("no tokenizer", Some(&d), &[], "no tokenizer.json");
     let d = variant("stripping-tokenizer", &|d| {
         let p = d.join("tokenizer.json");
-        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-        v["normalizer"] = serde_json::json!({"type": "Strip", "strip_left": true, "strip_right": true});
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        v["normalizer"] =
+            serde_json::json!({"type": "Strip", "strip_left": true, "strip_right": true});
         std::fs::write(&p, v.to_string()).unwrap();
     });
-    expect_error("target tokenizes to nothing", Some(&d), &["--target", "   "], "tokenizes to nothing");
+    expect_error(
+        "target tokenizes to nothing",
+        Some(&d),
+        &["--target", "   "],
+        "tokenizes to nothing",
+    );
 
-    expect_error("empty prompt", Some(&good), &["--prompt", ""], "prompt is empty");
-    expect_error("empty target", Some(&good), &["--target", ""], "target is empty");
+    expect_error(
+        "empty prompt",
+        Some(&good),
+        &["--prompt", ""],
+        "prompt is empty",
+    );
+    expect_error(
+        "empty target",
+        Some(&good),
+        &["--target", ""],
+        "target is empty",
+    );
     let long = "the city of Florence ".repeat(40);
-    expect_error("too long for n_positions", Some(&good), &["--prompt", &long], "n_positions");
-    expect_error("logit-diff without foil", Some(&good), &["--loss", "logit-diff"], "--foil");
-    expect_error("unwritable --out", Some(&good), &["--out", "/proc/revattn-out"], "cannot write");
+    expect_error(
+        "too long for n_positions",
+        Some(&good),
+        &["--prompt", &long],
+        "n_positions",
+    );
+    expect_error(
+        "logit-diff without foil",
+        Some(&good),
+        &["--loss", "logit-diff"],
+        "--foil",
+    );
+    expect_error(
+        "unwritable --out",
+        Some(&good),
+        &["--out", "/proc/revattn-out"],
+        "cannot write",
+    );
     let file = scratch.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    expect_error("--out is a file", Some(&good), &["--out", file.to_str().unwrap()], "not a directory");
-    expect_error("no such GPU adapter", Some(&good), &["--backend", if cfg!(target_os = "macos") { "dx12" } else { "metal" }], "apt-get install -y mesa-vulkan-drivers");
+    expect_error(
+        "--out is a file",
+        Some(&good),
+        &["--out", file.to_str().unwrap()],
+        "not a directory",
+    );
+    expect_error(
+        "no such GPU adapter",
+        Some(&good),
+        &[
+            "--backend",
+            if cfg!(target_os = "macos") {
+                "dx12"
+            } else {
+                "metal"
+            },
+        ],
+        "apt-get install -y mesa-vulkan-drivers",
+    );
 }

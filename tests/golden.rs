@@ -36,8 +36,10 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/golden/index.json")).unwrap()).unwrap();
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/golden/index.json")).unwrap(),
+    )
+    .unwrap();
     index["cases"]
         .as_array()
         .unwrap()
@@ -65,17 +67,32 @@ fn cases() -> Vec<Case> {
 }
 
 fn f32_tensor(st: &SafeTensors, name: &str) -> Vec<f64> {
-    let t = st.tensor(name).unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
-    t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect()
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
+    t.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+        .collect()
 }
 
 /// Compares one tensor; returns the relative difference and prints a line.
 fn compare(case: &str, name: &str, got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len(), "{case} {name}: length {} vs {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{case} {name}: length {} vs {}",
+        got.len(),
+        want.len()
+    );
     let max_ref = want.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-30);
     let max_diff = got.iter().zip(want).fold(0.0f64, |m, (&g, &w)| {
         let d = (g as f64 - w).abs();
-        if d.is_nan() { f64::INFINITY } else { m.max(d) }
+        if d.is_nan() {
+            f64::INFINITY
+        } else {
+            m.max(d)
+        }
     });
     let rel = max_diff / max_ref;
     println!("  {name:<20} max|Δ| {max_diff:.3e}  max|ref| {max_ref:.3e}  rel {rel:.2e}");
@@ -85,7 +102,13 @@ fn compare(case: &str, name: &str, got: &[f32], want: &[f64]) -> f64 {
 fn check_case(case: &Case, model: &Model, out: &PassOutput) -> Vec<(String, f64)> {
     let bytes = std::fs::read(&case.file).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let ids: Vec<i64> = st.tensor("input_ids").unwrap().data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+    let ids: Vec<i64> = st
+        .tensor("input_ids")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     let request = LossRequest {
         prompt: &case.prompt,
         target: &case.target,
@@ -94,13 +117,26 @@ fn check_case(case: &Case, model: &Model, out: &PassOutput) -> Vec<(String, f64)
         bos: case.bos,
     };
     let seq = Sequence::build(&model.tokenizer, &request, model.config.n_positions).unwrap();
-    assert_eq!(seq.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), ids, "{}: tokenization differs from HF", case.name);
+    assert_eq!(
+        seq.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+        ids,
+        "{}: tokenization differs from HF",
+        case.name
+    );
     let mut rels = Vec::new();
-    let mut add = |name: &str, got: &[f32]| rels.push((format!("{} {name}", case.name), compare(&case.name, name, got, &f32_tensor(&st, name))));
+    let mut add = |name: &str, got: &[f32]| {
+        rels.push((
+            format!("{} {name}", case.name),
+            compare(&case.name, name, got, &f32_tensor(&st, name)),
+        ))
+    };
     add("loss", &[out.loss as f32]);
     add("logits", &out.logits);
     add("attention", out.attention.as_ref().unwrap());
-    add("reversed_attention", out.reversed_attention.as_ref().unwrap());
+    add(
+        "reversed_attention",
+        out.reversed_attention.as_ref().unwrap(),
+    );
     add("hidden_grads", out.hidden_grads.as_ref().unwrap());
     rels
 }
@@ -108,7 +144,11 @@ fn check_case(case: &Case, model: &Model, out: &PassOutput) -> Vec<(String, f64)
 fn run_all(backend_name: &str, tol: f64, mut open: impl FnMut(&Model) -> Box<dyn Backend + '_>) {
     let mut worst: Vec<(String, f64)> = Vec::new();
     let cases = cases();
-    assert!(cases.len() >= 27, "expected the 27 committed golden cases, found {}", cases.len());
+    assert!(
+        cases.len() >= 27,
+        "expected the 27 committed golden cases, found {}",
+        cases.len()
+    );
     let mut by_model: Vec<(PathBuf, Vec<&Case>)> = Vec::new();
     for c in &cases {
         match by_model.iter_mut().find(|(d, _)| *d == c.model_dir) {
@@ -128,9 +168,15 @@ fn run_all(backend_name: &str, tol: f64, mut open: impl FnMut(&Model) -> Box<dyn
                 kind: case.kind,
                 bos: case.bos,
             };
-            let seq = Sequence::build(&model.tokenizer, &request, model.config.n_positions).unwrap();
-            let readback = Readback { hidden_grads: true, ..Readback::default() };
-            let out = backend.run(&seq, &ForwardOptions::default(), readback).unwrap();
+            let seq =
+                Sequence::build(&model.tokenizer, &request, model.config.n_positions).unwrap();
+            let readback = Readback {
+                hidden_grads: true,
+                ..Readback::default()
+            };
+            let out = backend
+                .run(&seq, &ForwardOptions::default(), readback)
+                .unwrap();
             worst.extend(check_case(case, &model, &out));
         }
     }
@@ -142,7 +188,11 @@ fn run_all(backend_name: &str, tol: f64, mut open: impl FnMut(&Model) -> Box<dyn
         for (name, r) in &failures {
             println!("FAIL {name}: {r:.3e}");
         }
-        panic!("{backend_name}: {} of {} tensors exceed {tol:.0e} (worst {max:.3e})", failures.len(), worst.len());
+        panic!(
+            "{backend_name}: {} of {} tensors exceed {tol:.0e} (worst {max:.3e})",
+            failures.len(),
+            worst.len()
+        );
     }
 }
 
@@ -158,5 +208,7 @@ fn gpu_engine_matches_pytorch_goldens() {
 
 #[test]
 fn cpu_reference_matches_pytorch_goldens() {
-    run_all("cpu", CPU_REL_TOL, |model| Box::new(CpuReference::new(model)));
+    run_all("cpu", CPU_REL_TOL, |model| {
+        Box::new(CpuReference::new(model))
+    });
 }

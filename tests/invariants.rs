@@ -7,23 +7,45 @@ use common::{assert_close, gpu, Rng};
 use revattn::engine::Engine;
 use revattn::loss::{LossKind, LossRequest, Sequence};
 use revattn::model::Model;
+use revattn::pass::Backend;
 use revattn::pass::{AttentionPatch, ForwardOptions, Readback};
 use revattn::reference::{self, CpuReference};
-use revattn::pass::Backend;
 
 fn fixture(name: &str) -> Model {
-    Model::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(name)).unwrap()
+    Model::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models")
+            .join(name),
+    )
+    .unwrap()
 }
 
 fn sequence(model: &Model, prompt: &str, target: &str, kind: LossKind, bos: bool) -> Sequence {
-    let req = LossRequest { prompt, target, foil: Some(" Rome"), kind, bos };
+    let req = LossRequest {
+        prompt,
+        target,
+        foil: Some(" Rome"),
+        kind,
+        bos,
+    };
     Sequence::build(&model.tokenizer, &req, model.config.n_positions).unwrap()
 }
 
 #[test]
 fn ra_is_lower_triangular_with_zero_row_sums() {
-    let models = [Model::embedded().unwrap(), fixture("tiny-odd"), fixture("tiny-prefixed")];
-    let prompts = [("The", " city"), ("I like Italy and France. I visited the city of", " Florence"), ("Q: 12 + 7\nA: 19\n\nQ: 3 + 4\nA:", " 7")];
+    let models = [
+        Model::embedded().unwrap(),
+        fixture("tiny-odd"),
+        fixture("tiny-prefixed"),
+    ];
+    let prompts = [
+        ("The", " city"),
+        (
+            "I like Italy and France. I visited the city of",
+            " Florence",
+        ),
+        ("Q: 12 + 7\nA: 19\n\nQ: 3 + 4\nA:", " 7"),
+    ];
     for model in &models {
         let mut engine = Engine::new(gpu(), model).unwrap();
         let (nl, nh) = (model.config.n_layer, model.config.n_head);
@@ -31,7 +53,9 @@ fn ra_is_lower_triangular_with_zero_row_sums() {
             for kind in [LossKind::Nll, LossKind::Ce, LossKind::LogitDiff] {
                 let seq = sequence(model, prompt, target, kind, kind == LossKind::Ce);
                 let t = seq.len();
-                let out = engine.run(&seq, &ForwardOptions::default(), Readback::default()).unwrap();
+                let out = engine
+                    .run(&seq, &ForwardOptions::default(), Readback::default())
+                    .unwrap();
                 let ra = out.reversed_attention.unwrap();
                 // f32 rounding in dA − rowsum(A ⊙ dA) grows as a row's A peaks, so row sums are compared
                 // with the largest row mass Σ_j |R_ij| over all heads (as every tolerance here: max|Δ|/max|value|).
@@ -42,12 +66,18 @@ fn ra_is_lower_triangular_with_zero_row_sums() {
                     let (mut head_mass, mut head_sum) = (0.0f64, 0.0f64);
                     for i in 0..t {
                         let row = &m[i * t..(i + 1) * t];
-                        assert!(row[i + 1..].iter().all(|&x| x == 0.0), "RA above the diagonal must be exactly 0");
+                        assert!(
+                            row[i + 1..].iter().all(|&x| x == 0.0),
+                            "RA above the diagonal must be exactly 0"
+                        );
                         head_mass = head_mass.max(row.iter().map(|&x| (x as f64).abs()).sum());
                         head_sum = head_sum.max(row.iter().map(|&x| x as f64).sum::<f64>().abs());
                         // rows after the last loss row get no gradient at all
                         if i >= seq.loss.rows.end {
-                            assert!(row.iter().all(|&x| x == 0.0), "row {i} after the loss rows must be 0");
+                            assert!(
+                                row.iter().all(|&x| x == 0.0),
+                                "row {i} after the loss rows must be 0"
+                            );
                         }
                     }
                     max_r = max_r.max(head_mass);
@@ -59,7 +89,10 @@ fn ra_is_lower_triangular_with_zero_row_sums() {
                 println!("{} T{t} {:<10} max row |R|₁ {max_r:.2e}  worst |Σ_j R_ij| / max Σ_j|R_ij| {worst_row_sum:.2e}", model.source, kind.name());
                 // With T = 1 every row has a single entry and R ≡ 0 exactly.
                 assert_eq!(max_r > 0.0, t > 1, "RA must be non-zero exactly when T > 1");
-                assert!(worst_row_sum < 1e-5, "RA rows must sum to 0 (relative {worst_row_sum:.2e})");
+                assert!(
+                    worst_row_sum < 1e-5,
+                    "RA rows must sum to 0 (relative {worst_row_sum:.2e})"
+                );
             }
         }
     }
@@ -71,14 +104,26 @@ fn patching_and_ablation_match_reference_and_buffers_are_reused() {
     let cfg = &model.config;
     let mut engine = Engine::new(gpu(), &model).unwrap();
     let mut cpu = CpuReference::new(&model);
-    let readback = Readback { hidden_grads: true, ..Readback::default() };
-    let seq = sequence(&model, "I like Italy and France. I visited the city of", " Florence", LossKind::Ce, false);
+    let readback = Readback {
+        hidden_grads: true,
+        ..Readback::default()
+    };
+    let seq = sequence(
+        &model,
+        "I like Italy and France. I visited the city of",
+        " Florence",
+        LossKind::Ce,
+        false,
+    );
     let t = seq.len();
     let mut rng = Rng(11);
     let maps: Vec<f32> = rng.vec(cfg.n_layer * cfg.n_head * t * t, 0.5);
     let options = [
         ForwardOptions::default(),
-        ForwardOptions { patch: Some(AttentionPatch { eta: -0.7, maps }), ablated_heads: vec![(0, 1), (2, 3)] },
+        ForwardOptions {
+            patch: Some(AttentionPatch { eta: -0.7, maps }),
+            ablated_heads: vec![(0, 1), (2, 3)],
+        },
         ForwardOptions::default(), // back to the plain plan: reused buffers must not leak state
     ];
     for (k, opt) in options.iter().enumerate() {
@@ -87,32 +132,73 @@ fn patching_and_ablation_match_reference_and_buffers_are_reused() {
         let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
         assert_close(&format!("[{k}] loss"), &[g.loss as f32], &[c.loss], 1e-5);
         assert_close(&format!("[{k}] logits"), &g.logits, &f64s(&c.logits), 1e-5);
-        assert_close(&format!("[{k}] attention"), g.attention.as_ref().unwrap(), &f64s(c.attention.as_ref().unwrap()), 1e-5);
-        assert_close(&format!("[{k}] RA"), g.reversed_attention.as_ref().unwrap(), &f64s(c.reversed_attention.as_ref().unwrap()), 1e-4);
-        assert_close(&format!("[{k}] dL/dh"), g.hidden_grads.as_ref().unwrap(), &f64s(c.hidden_grads.as_ref().unwrap()), 1e-4);
+        assert_close(
+            &format!("[{k}] attention"),
+            g.attention.as_ref().unwrap(),
+            &f64s(c.attention.as_ref().unwrap()),
+            1e-5,
+        );
+        assert_close(
+            &format!("[{k}] RA"),
+            g.reversed_attention.as_ref().unwrap(),
+            &f64s(c.reversed_attention.as_ref().unwrap()),
+            1e-4,
+        );
+        assert_close(
+            &format!("[{k}] dL/dh"),
+            g.hidden_grads.as_ref().unwrap(),
+            &f64s(c.hidden_grads.as_ref().unwrap()),
+            1e-4,
+        );
         if !opt.ablated_heads.is_empty() {
             let ra = g.reversed_attention.as_ref().unwrap();
             for &(l, h) in &opt.ablated_heads {
                 let start = (l * cfg.n_head + h) * t * t;
-                assert!(ra[start..start + t * t].iter().all(|&x| x == 0.0), "ablated head L{l}H{h} has RA");
+                assert!(
+                    ra[start..start + t * t].iter().all(|&x| x == 0.0),
+                    "ablated head L{l}H{h} has RA"
+                );
             }
         }
     }
     // A different length after the patched run, then the first sequence again.
     let short = sequence(&model, "The", " city of", LossKind::Nll, true);
-    let a = engine.run(&short, &ForwardOptions::default(), readback).unwrap();
+    let a = engine
+        .run(&short, &ForwardOptions::default(), readback)
+        .unwrap();
     let b = reference::forward_backward(cfg, &model.weights, &short, &ForwardOptions::default());
-    assert_close("short sequence RA after reuse", a.reversed_attention.as_ref().unwrap(), &b.reversed_attention, 1e-4);
+    assert_close(
+        "short sequence RA after reuse",
+        a.reversed_attention.as_ref().unwrap(),
+        &b.reversed_attention,
+        1e-4,
+    );
 }
 
 #[test]
 fn forward_only_readback_skips_the_backward() {
     let model = fixture("tiny-odd");
     let mut engine = Engine::new(gpu(), &model).unwrap();
-    let seq = sequence(&model, "I visited the city of", " Florence", LossKind::Nll, false);
-    let full = engine.run(&seq, &ForwardOptions::default(), Readback::default()).unwrap();
+    let seq = sequence(
+        &model,
+        "I visited the city of",
+        " Florence",
+        LossKind::Nll,
+        false,
+    );
+    let full = engine
+        .run(&seq, &ForwardOptions::default(), Readback::default())
+        .unwrap();
     let fwd = engine
-        .run(&seq, &ForwardOptions::default(), Readback { backward: false, reversed_attention: false, ..Readback::default() })
+        .run(
+            &seq,
+            &ForwardOptions::default(),
+            Readback {
+                backward: false,
+                reversed_attention: false,
+                ..Readback::default()
+            },
+        )
         .unwrap();
     assert!(fwd.reversed_attention.is_none());
     assert_eq!(fwd.loss, full.loss);

@@ -33,12 +33,24 @@ fn linear_forward_and_backward_match_reference() {
     let ctx = gpu();
     let linear = Linear::new(&ctx);
     let mut rng = Rng(1);
-    for &(m, k, n) in &[(1, 1, 1), (1, 15, 45), (7, 33, 5), (13, 64, 97), (37, 29, 130), (64, 96, 64)] {
+    for &(m, k, n) in &[
+        (1, 1, 1),
+        (1, 15, 45),
+        (7, 33, 5),
+        (13, 64, 97),
+        (37, 29, 130),
+        (64, 96, 64),
+    ] {
         let x = rng.vec(m * k, 1.0);
         let w = rng.vec(k * n, 0.5);
         let b = rng.vec(n, 0.3);
         let res = rng.vec(m * n, 1.0);
-        let (xb, wb, bb, rb) = (ctx.upload("x", &x), ctx.upload("w", &w), ctx.upload("b", &b), ctx.upload("r", &res));
+        let (xb, wb, bb, rb) = (
+            ctx.upload("x", &x),
+            ctx.upload("w", &w),
+            ctx.upload("b", &b),
+            ctx.upload("r", &res),
+        );
         let out = ctx.storage("out", 4 * (m * n) as u64);
         let dx = ctx.storage("dx", 4 * (m * k) as u64);
         let dout = rng.vec(m * n, 1.0);
@@ -48,12 +60,30 @@ fn linear_forward_and_backward_match_reference() {
             linear.backward_input(p, &dx, &doutb, &wb, (m, k, n));
         });
         let mut want = vec![0.0; m * n];
-        reference::linear_forward(&mut want, &to_f64(&x), &to_f64(&w), Some(&to_f64(&b)), m, k, n);
+        reference::linear_forward(
+            &mut want,
+            &to_f64(&x),
+            &to_f64(&w),
+            Some(&to_f64(&b)),
+            m,
+            k,
+            n,
+        );
         want.iter_mut().zip(&res).for_each(|(o, r)| *o += *r as f64);
-        assert_close(&format!("linear forward M{m} K{k} N{n}"), &read(&ctx, &out, m * n), &want, REL_TOL);
+        assert_close(
+            &format!("linear forward M{m} K{k} N{n}"),
+            &read(&ctx, &out, m * n),
+            &want,
+            REL_TOL,
+        );
         let mut want_dx = vec![0.0; m * k];
         reference::linear_backward_input(&mut want_dx, &to_f64(&dout), &to_f64(&w), m, k, n);
-        assert_close(&format!("linear backward_input M{m} K{k} N{n}"), &read(&ctx, &dx, m * k), &want_dx, REL_TOL);
+        assert_close(
+            &format!("linear backward_input M{m} K{k} N{n}"),
+            &read(&ctx, &dx, m * k),
+            &want_dx,
+            REL_TOL,
+        );
     }
 }
 
@@ -70,41 +100,80 @@ fn lm_head_gemms_over_vocab_chunks_match_reference() {
     let chunks: Vec<(usize, usize)> = vec![(0, 64), (64, 64), (128, 64), (192, 11)];
     let xb = ctx.upload("x", &x);
     let dlb = ctx.upload("dlogits", &dlogits);
-    let chunk_bufs: Vec<_> = chunks.iter().map(|&(s, n)| ctx.upload("chunk", &wte[s * c..(s + n) * c])).collect();
+    let chunk_bufs: Vec<_> = chunks
+        .iter()
+        .map(|&(s, n)| ctx.upload("chunk", &wte[s * c..(s + n) * c]))
+        .collect();
     let logits = ctx.storage("logits", 4 * (r * v) as u64);
     let dx = ctx.storage("dx", 4 * (r * c) as u64);
     run(&ctx, |p| {
         for (&(s, n), buf) in chunks.iter().zip(&chunk_bufs) {
-            linear.gemm(p, "lm_head_forward", &Gemm {
-                m: r, n, k: c,
-                a: Operand::new(&xb, c).at(row0 * c),
-                b: Operand::new(buf, c),
-                transpose_b: true,
-                c: Operand::new(&logits, v).at(s),
-                bias: None, residual: None, accumulate: false,
-            });
+            linear.gemm(
+                p,
+                "lm_head_forward",
+                &Gemm {
+                    m: r,
+                    n,
+                    k: c,
+                    a: Operand::new(&xb, c).at(row0 * c),
+                    b: Operand::new(buf, c),
+                    transpose_b: true,
+                    c: Operand::new(&logits, v).at(s),
+                    bias: None,
+                    residual: None,
+                    accumulate: false,
+                },
+            );
         }
         for (i, (&(s, n), buf)) in chunks.iter().zip(&chunk_bufs).enumerate() {
-            linear.gemm(p, "lm_head_backward", &Gemm {
-                m: r, n: c, k: n,
-                a: Operand::new(&dlb, v).at(s),
-                b: Operand::new(buf, c),
-                transpose_b: false,
-                c: Operand::new(&dx, c),
-                bias: None, residual: None, accumulate: i > 0,
-            });
+            linear.gemm(
+                p,
+                "lm_head_backward",
+                &Gemm {
+                    m: r,
+                    n: c,
+                    k: n,
+                    a: Operand::new(&dlb, v).at(s),
+                    b: Operand::new(buf, c),
+                    transpose_b: false,
+                    c: Operand::new(&dx, c),
+                    bias: None,
+                    residual: None,
+                    accumulate: i > 0,
+                },
+            );
         }
     });
     let mut want = vec![0.0; r * v];
     for i in 0..r {
         for j in 0..v {
-            want[i * v + j] = (0..c).map(|q| x[(row0 + i) * c + q] as f64 * wte[j * c + q] as f64).sum();
+            want[i * v + j] = (0..c)
+                .map(|q| x[(row0 + i) * c + q] as f64 * wte[j * c + q] as f64)
+                .sum();
         }
     }
-    assert_close("lm_head logits = x[rows]·wteᵀ (4 chunks)", &read(&ctx, &logits, r * v), &want, REL_TOL);
+    assert_close(
+        "lm_head logits = x[rows]·wteᵀ (4 chunks)",
+        &read(&ctx, &logits, r * v),
+        &want,
+        REL_TOL,
+    );
     let mut want_dx = vec![0.0; r * c];
-    reference::linear_forward(&mut want_dx, &to_f64(&dlogits), &to_f64(&wte), None, r, v, c);
-    assert_close("lm_head dx = dlogits·wte (accumulated)", &read(&ctx, &dx, r * c), &want_dx, REL_TOL);
+    reference::linear_forward(
+        &mut want_dx,
+        &to_f64(&dlogits),
+        &to_f64(&wte),
+        None,
+        r,
+        v,
+        c,
+    );
+    assert_close(
+        "lm_head dx = dlogits·wte (accumulated)",
+        &read(&ctx, &dx, r * c),
+        &want_dx,
+        REL_TOL,
+    );
 }
 
 #[test]
@@ -119,7 +188,11 @@ fn layernorm_forward_and_backward_match_reference() {
         let dout_rows = if rows > 2 { 1..rows - 1 } else { 0..rows };
         let dout = rng.vec(dout_rows.len() * c, 1.0);
         let dres = rng.vec(rows * c, 1.0);
-        let (xb, wb, bb) = (ctx.upload("x", &x), ctx.upload("w", &w), ctx.upload("b", &b));
+        let (xb, wb, bb) = (
+            ctx.upload("x", &x),
+            ctx.upload("w", &w),
+            ctx.upload("b", &b),
+        );
         let (doutb, dresb) = (ctx.upload("dout", &dout), ctx.upload("dres", &dres));
         let out = ctx.storage("out", 4 * (rows * c) as u64);
         let mean = ctx.storage("mean", 4 * rows as u64);
@@ -128,23 +201,96 @@ fn layernorm_forward_and_backward_match_reference() {
         let dx_nores = ctx.storage("dx", 4 * (rows * c) as u64);
         run(&ctx, |p| {
             ln.forward(p, &out, &mean, &rstd, &xb, &wb, &bb, (rows, c), 1e-5);
-            let saved = LayerNormSaved { x: &xb, mean: &mean, rstd: &rstd, w: &wb };
-            ln.backward(p, &dx, Some(&dresb), &doutb, dout_rows.clone(), &saved, (rows, c));
-            ln.backward(p, &dx_nores, None, &doutb, dout_rows.clone(), &saved, (rows, c));
+            let saved = LayerNormSaved {
+                x: &xb,
+                mean: &mean,
+                rstd: &rstd,
+                w: &wb,
+            };
+            ln.backward(
+                p,
+                &dx,
+                Some(&dresb),
+                &doutb,
+                dout_rows.clone(),
+                &saved,
+                (rows, c),
+            );
+            ln.backward(
+                p,
+                &dx_nores,
+                None,
+                &doutb,
+                dout_rows.clone(),
+                &saved,
+                (rows, c),
+            );
         });
         let (mut o, mut m, mut r) = (vec![0.0; rows * c], vec![0.0; rows], vec![0.0; rows]);
-        reference::layernorm_forward(&mut o, &mut m, &mut r, &to_f64(&x), &to_f64(&w), &to_f64(&b), c, 1e-5);
-        assert_close(&format!("layernorm forward rows{rows} C{c}"), &read(&ctx, &out, rows * c), &o, REL_TOL);
-        assert_close(&format!("layernorm mean rows{rows} C{c}"), &read(&ctx, &mean, rows), &m, REL_TOL);
-        assert_close(&format!("layernorm rstd rows{rows} C{c}"), &read(&ctx, &rstd, rows), &r, REL_TOL);
+        reference::layernorm_forward(
+            &mut o,
+            &mut m,
+            &mut r,
+            &to_f64(&x),
+            &to_f64(&w),
+            &to_f64(&b),
+            c,
+            1e-5,
+        );
+        assert_close(
+            &format!("layernorm forward rows{rows} C{c}"),
+            &read(&ctx, &out, rows * c),
+            &o,
+            REL_TOL,
+        );
+        assert_close(
+            &format!("layernorm mean rows{rows} C{c}"),
+            &read(&ctx, &mean, rows),
+            &m,
+            REL_TOL,
+        );
+        assert_close(
+            &format!("layernorm rstd rows{rows} C{c}"),
+            &read(&ctx, &rstd, rows),
+            &r,
+            REL_TOL,
+        );
         // dout is zero outside dout_rows
         let mut full_dout = vec![0.0; rows * c];
         full_dout[dout_rows.start * c..dout_rows.end * c].copy_from_slice(&to_f64(&dout));
         let mut want = vec![0.0; rows * c];
-        reference::layernorm_backward(&mut want, Some(&to_f64(&dres)), &full_dout, &to_f64(&x), &m, &r, &to_f64(&w), c);
-        assert_close(&format!("layernorm backward+residual rows{rows} C{c}"), &read(&ctx, &dx, rows * c), &want, REL_TOL);
-        reference::layernorm_backward(&mut want, None, &full_dout, &to_f64(&x), &m, &r, &to_f64(&w), c);
-        assert_close(&format!("layernorm backward rows{rows} C{c}"), &read(&ctx, &dx_nores, rows * c), &want, REL_TOL);
+        reference::layernorm_backward(
+            &mut want,
+            Some(&to_f64(&dres)),
+            &full_dout,
+            &to_f64(&x),
+            &m,
+            &r,
+            &to_f64(&w),
+            c,
+        );
+        assert_close(
+            &format!("layernorm backward+residual rows{rows} C{c}"),
+            &read(&ctx, &dx, rows * c),
+            &want,
+            REL_TOL,
+        );
+        reference::layernorm_backward(
+            &mut want,
+            None,
+            &full_dout,
+            &to_f64(&x),
+            &m,
+            &r,
+            &to_f64(&w),
+            c,
+        );
+        assert_close(
+            &format!("layernorm backward rows{rows} C{c}"),
+            &read(&ctx, &dx_nores, rows * c),
+            &want,
+            REL_TOL,
+        );
     }
 }
 
@@ -158,16 +304,29 @@ fn gelu_forward_and_backward_match_reference() {
         x[0] = if n > 1 { 30.0 } else { -30.0 }; // saturated tanh must not produce NaN
         let dy = rng.vec(n, 1.0);
         let (xb, dyb) = (ctx.upload("x", &x), ctx.upload("dy", &dy));
-        let (y, dx) = (ctx.storage("y", 4 * n as u64), ctx.storage("dx", 4 * n as u64));
+        let (y, dx) = (
+            ctx.storage("y", 4 * n as u64),
+            ctx.storage("dx", 4 * n as u64),
+        );
         run(&ctx, |p| {
             gelu.forward(p, &y, &xb, n);
             gelu.backward(p, &dx, &dyb, &xb, n);
         });
         let mut want = vec![0.0; n];
         reference::gelu_forward(&mut want, &to_f64(&x));
-        assert_close(&format!("gelu forward n{n}"), &read(&ctx, &y, n), &want, REL_TOL);
+        assert_close(
+            &format!("gelu forward n{n}"),
+            &read(&ctx, &y, n),
+            &want,
+            REL_TOL,
+        );
         reference::gelu_backward(&mut want, &to_f64(&dy), &to_f64(&x));
-        assert_close(&format!("gelu backward n{n}"), &read(&ctx, &dx, n), &want, REL_TOL);
+        assert_close(
+            &format!("gelu backward n{n}"),
+            &read(&ctx, &dx, n),
+            &want,
+            REL_TOL,
+        );
     }
 }
 
@@ -179,17 +338,30 @@ fn embedding_over_vocab_chunks_matches_reference() {
     let (v, p, c, t) = (150, 20, 15, 11);
     let wte = rng.vec(v * c, 1.0);
     let wpe = rng.vec(p * c, 1.0);
-    let ids: Vec<u32> = (0..t).map(|i| if i == 0 { 149 } else { rng.below(v) as u32 }).collect();
+    let ids: Vec<u32> = (0..t)
+        .map(|i| if i == 0 { 149 } else { rng.below(v) as u32 })
+        .collect();
     let chunks: Vec<VocabChunk> = [(0, 64), (64, 64), (128, 22)]
         .iter()
-        .map(|&(row0, rows)| VocabChunk { buffer: ctx.upload("wte", &wte[row0 * c..(row0 + rows) * c]), row0, rows })
+        .map(|&(row0, rows)| VocabChunk {
+            buffer: ctx.upload("wte", &wte[row0 * c..(row0 + rows) * c]),
+            row0,
+            rows,
+        })
         .collect();
     let (idb, wpeb) = (ctx.upload("ids", &ids), ctx.upload("wpe", &wpe));
     let out = ctx.storage("out", 4 * (t * c) as u64);
-    run(&ctx, |pl| emb.forward(pl, &out, &idb, &chunks, &wpeb, (t, c)));
+    run(&ctx, |pl| {
+        emb.forward(pl, &out, &idb, &chunks, &wpeb, (t, c))
+    });
     let mut want = vec![0.0; t * c];
     reference::embedding_forward(&mut want, &ids, &to_f64(&wte), &to_f64(&wpe), c);
-    assert_close("embedding forward (3 vocab chunks)", &read(&ctx, &out, t * c), &want, REL_TOL);
+    assert_close(
+        "embedding forward (3 vocab chunks)",
+        &read(&ctx, &out, t * c),
+        &want,
+        REL_TOL,
+    );
 }
 
 #[test]
@@ -198,7 +370,14 @@ fn attention_forward_and_backward_match_reference() {
     let attn = Attention::new(&ctx);
     let mut rng = Rng(6);
     // (T, NH, hs): T = 1, odd head sizes, T not a multiple of the 64-wide workgroups
-    for &(t, nh, hs) in &[(1, 1, 4), (1, 3, 5), (7, 3, 5), (13, 2, 8), (70, 2, 3), (33, 4, 16)] {
+    for &(t, nh, hs) in &[
+        (1, 1, 4),
+        (1, 3, 5),
+        (7, 3, 5),
+        (13, 2, 8),
+        (70, 2, 3),
+        (33, 4, 16),
+    ] {
         let c = nh * hs;
         let n_layers = 2;
         let layer = 1;
@@ -222,7 +401,12 @@ fn attention_forward_and_backward_match_reference() {
             let dqkv = ctx.storage("dqkv", 4 * (t * 3 * c) as u64);
             let shape = AttentionShape { t, c, nh, layer };
             run(&ctx, |p| {
-                let b = AttentionBuffers { qkv: &qkvb, att: &att, head_scale: &hsb, patch: eta.map(|e| (&patchb, e)) };
+                let b = AttentionBuffers {
+                    qkv: &qkvb,
+                    att: &att,
+                    head_scale: &hsb,
+                    patch: eta.map(|e| (&patchb, e)),
+                };
                 attn.forward(p, &z, &b, shape);
                 attn.backward(p, &ra, &dqkv, &dzb, &b, shape);
             });
@@ -230,16 +414,46 @@ fn attention_forward_and_backward_match_reference() {
             let patch64 = to_f64(&patch);
             let patch_arg = eta.map(|e| (patch64.as_slice(), e as f64));
             let (mut a_ref, mut z_ref) = (vec![0.0; nh * t * t], vec![0.0; t * c]);
-            reference::attention_forward(&mut a_ref, &mut z_ref, &to_f64(&qkv), t, c, nh, patch_arg, &hs64);
+            reference::attention_forward(
+                &mut a_ref,
+                &mut z_ref,
+                &to_f64(&qkv),
+                t,
+                c,
+                nh,
+                patch_arg,
+                &hs64,
+            );
             let (mut r_ref, mut dqkv_ref) = (vec![0.0; nh * t * t], vec![0.0; t * 3 * c]);
-            reference::attention_backward(&mut r_ref, &mut dqkv_ref, &to_f64(&dz), &to_f64(&qkv), &a_ref, t, c, nh, patch_arg, &hs64);
+            reference::attention_backward(
+                &mut r_ref,
+                &mut dqkv_ref,
+                &to_f64(&dz),
+                &to_f64(&qkv),
+                &a_ref,
+                t,
+                c,
+                nh,
+                patch_arg,
+                &hs64,
+            );
             let tag = format!("T{t} NH{nh} hs{hs} patch {eta:?}");
             let got_att = read(&ctx, &att, nh * t * t);
             assert_close(&format!("attention A {tag}"), &got_att, &a_ref, REL_TOL);
-            assert_close(&format!("attention Z {tag}"), &read(&ctx, &z, t * c), &z_ref, REL_TOL);
+            assert_close(
+                &format!("attention Z {tag}"),
+                &read(&ctx, &z, t * c),
+                &z_ref,
+                REL_TOL,
+            );
             let got_ra = read(&ctx, &ra, nh * t * t);
             assert_close(&format!("attention RA {tag}"), &got_ra, &r_ref, REL_TOL);
-            assert_close(&format!("attention dQKV {tag}"), &read(&ctx, &dqkv, t * 3 * c), &dqkv_ref, REL_TOL);
+            assert_close(
+                &format!("attention dQKV {tag}"),
+                &read(&ctx, &dqkv, t * 3 * c),
+                &dqkv_ref,
+                REL_TOL,
+            );
             // exact zeros above the diagonal, in A and in R
             for h in 0..nh {
                 for i in 0..t {
@@ -264,13 +478,32 @@ fn loss_kernel_matches_reference_for_every_loss() {
         let (r, plan) = (seq.loss.n_rows(), &seq.loss);
         let logits = rng.vec(r * v, 6.0);
         let terms: Vec<GpuTerm> = plan.terms.iter().map(GpuTerm::from).collect();
-        let (lb, sb, tb) = (ctx.upload("logits", &logits), ctx.upload("lse", &plan.lse_scale), ctx.upload("terms", &terms));
-        let (dl, lr) = (ctx.storage("dlogits", 4 * (r * v) as u64), ctx.storage("loss", 4 * r as u64));
-        run(&ctx, |p| ce.forward_backward(p, &lr, &dl, &lb, &sb, &tb, (r, v, terms.len())));
+        let (lb, sb, tb) = (
+            ctx.upload("logits", &logits),
+            ctx.upload("lse", &plan.lse_scale),
+            ctx.upload("terms", &terms),
+        );
+        let (dl, lr) = (
+            ctx.storage("dlogits", 4 * (r * v) as u64),
+            ctx.storage("loss", 4 * r as u64),
+        );
+        run(&ctx, |p| {
+            ce.forward_backward(p, &lr, &dl, &lb, &sb, &tb, (r, v, terms.len()))
+        });
         let mut want = vec![0.0; r * v];
         let loss = reference::loss_forward_backward(&mut want, &to_f64(&logits), plan, v);
-        assert_close(&format!("dlogits {}", kind.name()), &read(&ctx, &dl, r * v), &want, REL_TOL);
+        assert_close(
+            &format!("dlogits {}", kind.name()),
+            &read(&ctx, &dl, r * v),
+            &want,
+            REL_TOL,
+        );
         let got: f64 = read(&ctx, &lr, r).iter().map(|&x| x as f64).sum();
-        assert_close(&format!("loss {}", kind.name()), &[got as f32], &[loss], REL_TOL);
+        assert_close(
+            &format!("loss {}", kind.name()),
+            &[got as f32],
+            &[loss],
+            REL_TOL,
+        );
     }
 }

@@ -109,7 +109,13 @@ impl Attention {
             "attention_values_forward",
             &self.values_forward,
             &params,
-            &[(1, b.qkv), (3, b.att), (4, patch), (5, b.head_scale), (6, z)],
+            &[
+                (1, b.qkv),
+                (3, b.att),
+                (4, patch),
+                (5, b.head_scale),
+                (6, z),
+            ],
             [(s.c as u32).div_ceil(64), s.t as u32, 1],
         );
     }

@@ -44,7 +44,13 @@ impl Gelu {
     /// y (n) = gelu_new(x)
     pub fn forward(&self, plan: &mut PlanBuilder, y: &wgpu::Buffer, x: &wgpu::Buffer, n: usize) {
         let (params, grid) = Self::params(n);
-        plan.dispatch("gelu_forward", &self.forward, &params, &[(1, x), (2, y)], grid);
+        plan.dispatch(
+            "gelu_forward",
+            &self.forward,
+            &params,
+            &[(1, x), (2, y)],
+            grid,
+        );
     }
 
     /// dx (n) = dy ⊙ gelu_new'(x), differentiating y = gelu_new(x)

@@ -153,7 +153,11 @@ impl Linear {
             return;
         }
         let flags = if g.bias.is_some() { HAS_BIAS } else { 0 }
-            | if g.residual.is_some() { HAS_RESIDUAL } else { 0 }
+            | if g.residual.is_some() {
+                HAS_RESIDUAL
+            } else {
+                0
+            }
             | if g.accumulate { ACCUMULATE } else { 0 };
         let params = Params {
             m: g.m as u32,

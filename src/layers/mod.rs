@@ -84,7 +84,10 @@ impl<'a> PlanBuilder<'a> {
             pipeline: pipeline.clone(),
             params_offset,
             params_size: bytes.len() as u64,
-            buffers: buffers.iter().map(|(b, buf)| (*b, (*buf).clone())).collect(),
+            buffers: buffers
+                .iter()
+                .map(|(b, buf)| (*b, (*buf).clone()))
+                .collect(),
             workgroups,
         });
     }

@@ -33,7 +33,13 @@ pub fn to_f64(v: &[f32]) -> Vec<f64> {
 
 /// max |a − b| / max(|b|, floor): prints it and fails when above `rel_tol`.
 pub fn assert_close(name: &str, got: &[f32], want: &[f64], rel_tol: f64) {
-    assert_eq!(got.len(), want.len(), "{name}: length {} vs {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{name}: length {} vs {}",
+        got.len(),
+        want.len()
+    );
     let max_ref = want.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-30);
     let (mut max_diff, mut at) = (0.0f64, 0usize);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
