@@ -44,6 +44,7 @@ SIZES = {  # name: (n_layer, n_head, n_embd)
 DEFAULT_TOKENIZER = "/work/shared/data/gpt2-tokenizer/tokenizer.json"
 EOT = "<|endoftext|>"
 transformers.logging.set_verbosity_error()
+transformers.logging.disable_progress_bar()
 
 
 def parse_size(s: str) -> tuple[int, int, int]:

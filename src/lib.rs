@@ -6,6 +6,7 @@
 //! layer files) → RA (`ra`) → files (`maps`, `render`). `reference` is the same math in plain
 //! float64 Rust, used by the tests and by `--backend cpu`.
 
+pub mod bench;
 pub mod engine;
 pub mod error;
 pub mod gpu;

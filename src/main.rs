@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use revattn::bench::{self, BenchArgs};
 use revattn::gpu::{self, BackendChoice, GpuContext};
 use revattn::loss::LossKind;
 use revattn::maps::{self, MapsArgs};
@@ -54,6 +55,22 @@ enum Command {
         /// Output directory (created; files appear only once all are written).
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Time RA (forward + backward + RA readback, all heads, nll loss) per sequence length:
+    /// cold first run and warm median, with peak host memory.
+    Bench {
+        /// HF GPT-2 directory; default: the embedded model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Sequence lengths to time.
+        #[arg(long, value_delimiter = ',', default_values_t = [16usize, 64, 256])]
+        seq: Vec<usize>,
+        /// Warm runs per length (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// List the adapters wgpu finds, the one revattn would choose, its limits and features.
     Info,
@@ -138,6 +155,10 @@ fn main() -> ExitCode {
                 backend: cli.backend,
             };
             maps::run(&args).map(|report| print!("{}", maps::format_report(&report, &args)))
+        }
+        Command::Bench { model, seq, runs, json } => {
+            let args = BenchArgs { model, seq_lens: seq, runs, json, backend: cli.backend };
+            bench::run(&args).map(|_| ())
         }
         Command::Info => info(cli.backend),
     };
