@@ -17,17 +17,32 @@ fn main() -> revattn::Result<()> {
     let mut engine = Engine::new(GpuContext::new(BackendChoice::Auto)?, &model)?;
     println!("{} on {}", model.source, engine.ctx.describe());
     let cases = [
-        ("I like Italy and France. I visited the city of", " Florence"),
+        (
+            "I like Italy and France. I visited the city of",
+            " Florence",
+        ),
         ("I like Italy and France. I visited the city of", " Paris"),
         ("The capital of France is", " Paris"),
         ("Q: 3 + 4\nA:", " 7"),
     ];
     for (prompt, target) in cases {
-        let req = LossRequest { prompt, target, foil: None, kind: LossKind::Nll, bos: true };
+        let req = LossRequest {
+            prompt,
+            target,
+            foil: None,
+            kind: LossKind::Nll,
+            bos: true,
+        };
         let seq = Sequence::build(&model.tokenizer, &req, model.config.n_positions)?;
-        let readback = Readback { attention: false, ..Readback::default() };
+        let readback = Readback {
+            attention: false,
+            ..Readback::default()
+        };
         let out = engine.run(&seq, &ForwardOptions::default(), readback)?;
-        let norms = frobenius_norms(out.reversed_attention.as_deref().expect("requested"), seq.len());
+        let norms = frobenius_norms(
+            out.reversed_attention.as_deref().expect("requested"),
+            seq.len(),
+        );
         let best = top_heads(&norms, model.config.n_head, 1)[0];
         println!(
             "{:<50} {:<10} loss {:>7.4}  top head L{}H{} ‖R‖ {:.3e}  ({:.1} ms on the device)",

@@ -9,8 +9,8 @@ use serde_json::json;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::gpu::GpuContext;
 use crate::gpu::BackendChoice;
+use crate::gpu::GpuContext;
 use crate::loss::{LossKind, Sequence};
 use crate::model::Model;
 use crate::pass::{ForwardOptions, PassTimings, Readback};
@@ -41,7 +41,11 @@ pub struct LatencyRow {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
 }
 
 /// Peak resident set size of this process (Linux: VmHWM), in MiB; 0 where unknown.
@@ -49,9 +53,11 @@ pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -60,7 +66,11 @@ pub fn peak_rss_mib() -> f64 {
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     format!("{cpu}, {cores} logical CPUs, {}", std::env::consts::OS)
@@ -86,8 +96,15 @@ pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
     }
     let model = Model::load_or_embedded(args.model.as_deref())?;
     let cfg = model.config.clone();
-    if let Some(&t) = args.seq_lens.iter().find(|&&t| t == 0 || t > cfg.n_positions) {
-        return Err(Error::Input(format!("sequence length {t} is outside 1..={} (n_positions)", cfg.n_positions)));
+    if let Some(&t) = args
+        .seq_lens
+        .iter()
+        .find(|&&t| t == 0 || t > cfg.n_positions)
+    {
+        return Err(Error::Input(format!(
+            "sequence length {t} is outside 1..={} (n_positions)",
+            cfg.n_positions
+        )));
     }
     let setup = Instant::now();
     let mut engine = Engine::new(GpuContext::new(args.backend)?, &model)?;
@@ -104,9 +121,36 @@ pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
         cfg.parameter_count() as f64 / 1e6,
         setup_ms
     );
-    println!("RA latency: forward + backward + RA readback, all {} heads, nll loss, {} warm runs", cfg.n_layer * cfg.n_head, args.runs);
-    println!("{:>6} {:>10} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10}", "T", "cold ms", "warm med ms", "min ms", "prep ms", "gpu ms", "read ms", "RSS MiB");
-    let readback = Readback { attention: false, ..Readback::default() };
+    let gemm_t = *args
+        .seq_lens
+        .iter()
+        .find(|&&t| t == 64)
+        .unwrap_or(&args.seq_lens[0]);
+    println!("\nGEMMs at T = {gemm_t} (C = A·B, A M×K):");
+    println!(
+        "{:<28} {:>6} {:>6} {:>6} {:>10} {:>9}",
+        "shape", "M", "K", "N", "ms", "GFLOP/s"
+    );
+    let gemms = gemm_throughput(&engine.ctx, &cfg, gemm_t, 3)?;
+    for g in &gemms {
+        println!(
+            "{:<28} {:>6} {:>6} {:>6} {:>10.3} {:>9.2}",
+            g.name, g.m, g.k, g.n, g.ms, g.gflops
+        );
+    }
+    println!(
+        "\nRA latency: forward + backward + RA readback, all {} heads, nll loss, {} warm runs",
+        cfg.n_layer * cfg.n_head,
+        args.runs
+    );
+    println!(
+        "{:>6} {:>10} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "T", "cold ms", "warm med ms", "min ms", "prep ms", "gpu ms", "read ms", "RSS MiB"
+    );
+    let readback = Readback {
+        attention: false,
+        ..Readback::default()
+    };
     let mut rows = Vec::new();
     for &t in &args.seq_lens {
         let seq = synthetic_sequence(t, cfg.vocab_size);
@@ -121,7 +165,8 @@ pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
             total.push(start.elapsed().as_secs_f64() * 1e3);
             stages.push(out.timings);
         }
-        let pick = |f: fn(&PassTimings) -> f64| median(&mut stages.iter().map(f).collect::<Vec<_>>());
+        let pick =
+            |f: fn(&PassTimings) -> f64| median(&mut stages.iter().map(f).collect::<Vec<_>>());
         let row = LatencyRow {
             t,
             cold_ms,
@@ -134,7 +179,14 @@ pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
         };
         println!(
             "{:>6} {:>10.1} {:>12.1} {:>10.1} {:>10.2} {:>10.1} {:>10.2} {:>10.0}",
-            row.t, row.cold_ms, row.warm_median_ms, row.warm_min_ms, row.prepare_ms, row.compute_ms, row.readback_ms, row.peak_rss_mib
+            row.t,
+            row.cold_ms,
+            row.warm_median_ms,
+            row.warm_min_ms,
+            row.prepare_ms,
+            row.compute_ms,
+            row.readback_ms,
+            row.peak_rss_mib
         );
         rows.push(row);
     }
@@ -146,11 +198,99 @@ pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
             "config": cfg,
             "engine_setup_ms": setup_ms,
             "runs": args.runs,
+            "gemm_t": gemm_t,
+            "gemms": gemms,
             "ra_latency": rows,
         });
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(&doc).expect("serializes")).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_string_pretty(&doc).expect("serializes"),
+        )
+        .map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(rows)
+}
+
+/// One GEMM shape's throughput.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GemmRow {
+    pub name: String,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub transpose_b: bool,
+    pub ms: f64,
+    pub gflops: f64,
+}
+
+/// Times each GEMM shape of the model at sequence length `t` (forward y = x·W, backward dx = dy·Wᵀ,
+/// and the lm_head row), `reps` dispatches in one submit, best of 3 submits.
+pub fn gemm_throughput(
+    ctx: &GpuContext,
+    cfg: &crate::model::GptConfig,
+    t: usize,
+    reps: usize,
+) -> Result<Vec<GemmRow>> {
+    use crate::layers::linear::{Gemm, Linear, Operand};
+    use crate::layers::{execute, PlanBuilder};
+    let linear = Linear::new(ctx);
+    let (c, f, v) = (cfg.n_embd, cfg.n_inner, cfg.vocab_size);
+    // (name, M, K, N, transpose_b): C (M×N) = A (M×K) · B
+    let shapes: Vec<(&str, usize, usize, usize, bool)> = vec![
+        ("qkv  x·W_attn", t, c, 3 * c, false),
+        ("attn proj  z·W_o", t, c, c, false),
+        ("fc  x·W_fc", t, c, f, false),
+        ("fc proj  h·W_proj", t, f, c, false),
+        ("qkv bwd  dqkv·W_attnᵀ", t, 3 * c, c, true),
+        ("attn proj bwd  dm·W_oᵀ", t, c, c, true),
+        ("fc bwd  dh·W_fcᵀ", t, f, c, true),
+        ("fc proj bwd  dx·W_projᵀ", t, c, f, true),
+        ("lm_head row  x·wteᵀ", 1, c, v.min(32_768), true),
+    ];
+    let mut rows = Vec::new();
+    for (name, m, k, n, tb) in shapes {
+        let a = ctx.storage("a", 4 * (m * k) as u64);
+        let b = ctx.storage("b", 4 * (k * n) as u64);
+        let out = ctx.storage("c", 4 * (m * n) as u64);
+        let mut plan = PlanBuilder::new(ctx);
+        for _ in 0..reps {
+            linear.gemm(
+                &mut plan,
+                "bench",
+                &Gemm {
+                    m,
+                    n,
+                    k,
+                    a: Operand::new(&a, k),
+                    b: Operand::new(&b, if tb { k } else { n }),
+                    transpose_b: tb,
+                    c: Operand::new(&out, n),
+                    bias: None,
+                    residual: None,
+                    accumulate: false,
+                },
+            );
+        }
+        let plan = plan.finish();
+        execute(ctx, &plan)?; // JIT + warm-up
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let start = Instant::now();
+            execute(ctx, &plan)?;
+            best = best.min(start.elapsed().as_secs_f64() * 1e3 / reps as f64);
+        }
+        let gflops = 2.0 * (m * n * k) as f64 / (best * 1e6);
+        rows.push(GemmRow {
+            name: name.to_string(),
+            m,
+            k,
+            n,
+            transpose_b: tb,
+            ms: best,
+            gflops,
+        });
     }
     Ok(rows)
 }

@@ -83,6 +83,8 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub profile: KernelProfile,
+    /// Subgroup operations are enabled and subgroups are exactly 8 lanes wide.
+    pub subgroups_of_8: bool,
     /// The first validation / out-of-memory error wgpu reported since the last `check`.
     error: Arc<Mutex<Option<String>>>,
 }
@@ -106,9 +108,23 @@ impl GpuContext {
         })?;
         let info = adapter.get_info();
         let limits = adapter.limits();
+        let profile = if info.device_type == wgpu::DeviceType::Cpu {
+            KernelProfile::CpuAdapter
+        } else {
+            KernelProfile::Gpu
+        };
+        // The CPU-adapter GEMMs are written for subgroups of exactly 8 lanes (llvmpipe's 256-bit SIMD).
+        let subgroups_of_8 = adapter.features().contains(wgpu::Features::SUBGROUP)
+            && info.subgroup_min_size == 8
+            && info.subgroup_max_size == 8;
+        let required_features = if subgroups_of_8 {
+            wgpu::Features::SUBGROUP
+        } else {
+            wgpu::Features::empty()
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("revattn"),
-            required_features: wgpu::Features::empty(),
+            required_features,
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -127,11 +143,6 @@ impl GpuContext {
                 );
             }
         }));
-        let profile = if info.device_type == wgpu::DeviceType::Cpu {
-            KernelProfile::CpuAdapter
-        } else {
-            KernelProfile::Gpu
-        };
         Ok(GpuContext {
             adapter,
             device,
@@ -139,6 +150,7 @@ impl GpuContext {
             info,
             limits,
             profile,
+            subgroups_of_8,
             error,
         })
     }

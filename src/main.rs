@@ -96,6 +96,16 @@ fn info(choice: BackendChoice) -> Result<()> {
     let ctx = GpuContext::new(choice)?;
     println!("chosen: {}", ctx.describe());
     println!("kernel profile: {:?}", ctx.profile);
+    println!(
+        "subgroups: {}..{} lanes; 8-lane subgroup kernels {}",
+        ctx.info.subgroup_min_size,
+        ctx.info.subgroup_max_size,
+        if ctx.subgroups_of_8 {
+            "enabled"
+        } else {
+            "not available"
+        }
+    );
     let l = &ctx.limits;
     println!("limits:");
     println!(
@@ -156,8 +166,19 @@ fn main() -> ExitCode {
             };
             maps::run(&args).map(|report| print!("{}", maps::format_report(&report, &args)))
         }
-        Command::Bench { model, seq, runs, json } => {
-            let args = BenchArgs { model, seq_lens: seq, runs, json, backend: cli.backend };
+        Command::Bench {
+            model,
+            seq,
+            runs,
+            json,
+        } => {
+            let args = BenchArgs {
+                model,
+                seq_lens: seq,
+                runs,
+                json,
+                backend: cli.backend,
+            };
             bench::run(&args).map(|_| ())
         }
         Command::Info => info(cli.backend),

@@ -31,16 +31,31 @@ fn run(ctx: &GpuContext, build: impl FnOnce(&mut PlanBuilder)) {
 #[test]
 fn linear_forward_and_backward_match_reference() {
     let ctx = gpu();
-    let linear = Linear::new(&ctx);
+    for subgroups in [true, false] {
+        let linear = Linear::with_subgroup_kernels(&ctx, subgroups);
+        println!("subgroup kernels: {}", subgroups && ctx.subgroups_of_8);
+        check_linear(&ctx, &linear);
+    }
+}
+
+fn check_linear(ctx: &GpuContext, linear: &Linear) {
     let mut rng = Rng(1);
-    for &(m, k, n) in &[
+    // Shapes that are multiples of 4 take the subgroup kernels where the adapter has them.
+    let shapes = [
         (1, 1, 1),
         (1, 15, 45),
         (7, 33, 5),
         (13, 64, 97),
         (37, 29, 130),
         (64, 96, 64),
-    ] {
+        (3, 12, 8),
+        (9, 40, 132),
+        (17, 100, 260),
+        (33, 68, 36),
+        (5, 768, 2304),
+        (1, 3072, 768),
+    ];
+    for &(m, k, n) in &shapes {
         let x = rng.vec(m * k, 1.0);
         let w = rng.vec(k * n, 0.5);
         let b = rng.vec(n, 0.3);
@@ -55,7 +70,7 @@ fn linear_forward_and_backward_match_reference() {
         let dx = ctx.storage("dx", 4 * (m * k) as u64);
         let dout = rng.vec(m * n, 1.0);
         let doutb = ctx.upload("dout", &dout);
-        run(&ctx, |p| {
+        run(ctx, |p| {
             linear.forward(p, &out, &xb, &wb, Some(&bb), Some(&rb), (m, k, n));
             linear.backward_input(p, &dx, &doutb, &wb, (m, k, n));
         });
@@ -72,7 +87,7 @@ fn linear_forward_and_backward_match_reference() {
         want.iter_mut().zip(&res).for_each(|(o, r)| *o += *r as f64);
         assert_close(
             &format!("linear forward M{m} K{k} N{n}"),
-            &read(&ctx, &out, m * n),
+            &read(ctx, &out, m * n),
             &want,
             REL_TOL,
         );
@@ -80,7 +95,7 @@ fn linear_forward_and_backward_match_reference() {
         reference::linear_backward_input(&mut want_dx, &to_f64(&dout), &to_f64(&w), m, k, n);
         assert_close(
             &format!("linear backward_input M{m} K{k} N{n}"),
-            &read(&ctx, &dx, m * k),
+            &read(ctx, &dx, m * k),
             &want_dx,
             REL_TOL,
         );
@@ -91,9 +106,15 @@ fn linear_forward_and_backward_match_reference() {
 #[test]
 fn lm_head_gemms_over_vocab_chunks_match_reference() {
     let ctx = gpu();
-    let linear = Linear::new(&ctx);
+    for (subgroups, c) in [(true, 16), (true, 15), (false, 16)] {
+        let linear = Linear::with_subgroup_kernels(&ctx, subgroups);
+        check_lm_head(&ctx, &linear, c);
+    }
+}
+
+fn check_lm_head(ctx: &GpuContext, linear: &Linear, c: usize) {
     let mut rng = Rng(2);
-    let (t, c, v, row0, r) = (9, 15, 203, 4, 3);
+    let (t, v, row0, r) = (9, 203, 4, 3);
     let x = rng.vec(t * c, 1.0); // (T, C) ln_f output
     let wte = rng.vec(v * c, 0.5); // (V, C)
     let dlogits = rng.vec(r * v, 1.0); // (R, V)
@@ -106,7 +127,7 @@ fn lm_head_gemms_over_vocab_chunks_match_reference() {
         .collect();
     let logits = ctx.storage("logits", 4 * (r * v) as u64);
     let dx = ctx.storage("dx", 4 * (r * c) as u64);
-    run(&ctx, |p| {
+    run(ctx, |p| {
         for (&(s, n), buf) in chunks.iter().zip(&chunk_bufs) {
             linear.gemm(
                 p,
@@ -154,7 +175,7 @@ fn lm_head_gemms_over_vocab_chunks_match_reference() {
     }
     assert_close(
         "lm_head logits = x[rows]·wteᵀ (4 chunks)",
-        &read(&ctx, &logits, r * v),
+        &read(ctx, &logits, r * v),
         &want,
         REL_TOL,
     );
@@ -170,7 +191,7 @@ fn lm_head_gemms_over_vocab_chunks_match_reference() {
     );
     assert_close(
         "lm_head dx = dlogits·wte (accumulated)",
-        &read(&ctx, &dx, r * c),
+        &read(ctx, &dx, r * c),
         &want_dx,
         REL_TOL,
     );

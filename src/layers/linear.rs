@@ -4,7 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{pipelines, PlanBuilder};
-use crate::gpu::GpuContext;
+use crate::gpu::{GpuContext, KernelProfile};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -72,20 +72,38 @@ pub struct Gemm<'a> {
 pub struct Linear {
     nn: wgpu::ComputePipeline,
     nt: wgpu::ComputePipeline,
+    /// `shaders/linear_subgroup.wgsl`'s C = A·B, on CPU adapters with 8-lane subgroups.
+    nn_subgroup: Option<wgpu::ComputePipeline>,
     unused: wgpu::Buffer,
 }
 
 impl Linear {
+    /// The fastest kernels this adapter supports.
     pub fn new(ctx: &GpuContext) -> Self {
+        Self::with_subgroup_kernels(ctx, ctx.profile == KernelProfile::CpuAdapter)
+    }
+
+    /// `use_subgroups` = false forces the portable kernels (tests compare both families).
+    pub fn with_subgroup_kernels(ctx: &GpuContext, use_subgroups: bool) -> Self {
         let [nn, nt] = pipelines(
             ctx,
             "linear.wgsl",
             include_str!("../../shaders/linear.wgsl"),
             ["matmul_nn", "matmul_nt"],
         );
+        let nn_subgroup = (use_subgroups && ctx.subgroups_of_8).then(|| {
+            let [nn] = pipelines(
+                ctx,
+                "linear_subgroup.wgsl",
+                include_str!("../../shaders/linear_subgroup.wgsl"),
+                ["matmul_nn_sg"],
+            );
+            nn
+        });
         Linear {
             nn,
             nt,
+            nn_subgroup,
             unused: ctx.storage("unused", 16),
         }
     }
@@ -173,19 +191,36 @@ impl Linear {
             c_off: g.c.offset,
             _pad1: 0,
         };
-        let pipeline = if g.transpose_b { &self.nt } else { &self.nn };
-        plan.dispatch(
-            label,
-            pipeline,
-            &params,
-            &[
-                (1, g.a.buffer),
-                (2, g.b.buffer),
-                (3, g.bias.unwrap_or(&self.unused)),
-                (4, g.residual.unwrap_or(&self.unused)),
-                (5, g.c.buffer),
-            ],
-            [(g.n as u32).div_ceil(TILE), (g.m as u32).div_ceil(TILE), 1],
-        );
+        let common = [
+            (1, g.a.buffer),
+            (2, g.b.buffer),
+            (3, g.bias.unwrap_or(&self.unused)),
+            (4, g.residual.unwrap_or(&self.unused)),
+            (5, g.c.buffer),
+        ];
+        let (m, n) = (g.m as u32, g.n as u32);
+        let quads = |x: u32| x % 4 == 0;
+        match &self.nn_subgroup {
+            // B is read as vec4 along N.
+            Some(sg) if !g.transpose_b && quads(n) && quads(g.b.ld) && quads(g.b.offset) => {
+                plan.dispatch(
+                    label,
+                    sg,
+                    &params,
+                    &common,
+                    [n.div_ceil(128), m.div_ceil(4), 1],
+                );
+            }
+            _ => {
+                let pipeline = if g.transpose_b { &self.nt } else { &self.nn };
+                plan.dispatch(
+                    label,
+                    pipeline,
+                    &params,
+                    &common,
+                    [n.div_ceil(TILE), m.div_ceil(TILE), 1],
+                );
+            }
+        }
     }
 }
