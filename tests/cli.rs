@@ -378,3 +378,43 @@ fn bad_inputs_fail_with_one_line_and_no_files() {
         "apt-get install -y mesa-vulkan-drivers",
     );
 }
+
+#[test]
+fn cpu_backend_writes_the_same_maps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-odd");
+    let read = |dir: &Path| {
+        let bytes = std::fs::read(dir.join("maps.safetensors")).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let v: Vec<f32> = st
+            .tensor("reversed_attention")
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        v
+    };
+    let (gpu_out, cpu_out) = (tmp.path().join("gpu"), tmp.path().join("cpu"));
+    let o = revattn(&maps_args(
+        model.to_str().unwrap(),
+        gpu_out.to_str().unwrap(),
+    ));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut args = maps_args(model.to_str().unwrap(), cpu_out.to_str().unwrap());
+    args.extend(["--backend", "cpu"]);
+    let o = revattn(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("cpu reference"));
+    let (g, c) = (read(&gpu_out), read(&cpu_out));
+    let max = c.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let diff = g
+        .iter()
+        .zip(&c)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    println!("gpu vs cpu backend RA: max|Δ| {diff:.3e} of max {max:.3e}");
+    assert!(
+        diff <= 1e-4 * max,
+        "gpu and cpu backends disagree: {diff} vs {max}"
+    );
+}
