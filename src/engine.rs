@@ -9,7 +9,7 @@
 use std::ops::Range;
 use std::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::layers::attention::{Attention, AttentionBuffers, AttentionShape};
 use crate::layers::cross_entropy::{CrossEntropy, GpuTerm};
@@ -488,45 +488,6 @@ impl Engine {
         })
     }
 
-    fn validate(&self, seq: &Sequence, options: &ForwardOptions) -> Result<()> {
-        let cfg = &self.config;
-        let t = seq.len();
-        if t == 0 || t > cfg.n_positions {
-            return Err(Error::Input(format!(
-                "sequence length {t} is outside 1..={} (n_positions)",
-                cfg.n_positions
-            )));
-        }
-        if let Some(&id) = seq.ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-            return Err(Error::Input(format!(
-                "token id {id} is outside the vocabulary ({})",
-                cfg.vocab_size
-            )));
-        }
-        if seq.loss.rows.end > t {
-            return Err(Error::Input(
-                "the loss reads positions past the sequence".into(),
-            ));
-        }
-        if let Some(p) = &options.patch {
-            let want = cfg.n_layer * cfg.n_head * t * t;
-            if p.maps.len() != want {
-                return Err(Error::Input(format!(
-                    "the attention patch has {} values; (L, NH, T, T) needs {want}",
-                    p.maps.len()
-                )));
-            }
-        }
-        if let Some(&(l, h)) = options
-            .ablated_heads
-            .iter()
-            .find(|(l, h)| *l >= cfg.n_layer || *h >= cfg.n_head)
-        {
-            return Err(Error::Input(format!("no head L{l}H{h} in this model")));
-        }
-        Ok(())
-    }
-
     fn prepare(&mut self, seq: &Sequence, options: &ForwardOptions, backward: bool) {
         let key = PlanKey {
             t: seq.len(),
@@ -568,7 +529,7 @@ impl Engine {
         options: &ForwardOptions,
         readback: Readback,
     ) -> Result<PassOutput> {
-        self.validate(seq, options)?;
+        crate::pass::validate(&self.config, seq, options)?;
         let t0 = Instant::now();
         self.prepare(seq, options, readback.backward);
         self.ctx.check("preparing the pass")?;

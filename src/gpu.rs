@@ -176,7 +176,9 @@ impl GpuContext {
 
     /// Largest byte size one storage binding may have on this device.
     pub fn max_binding_bytes(&self) -> u64 {
-        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     pub fn shader(&self, label: &str, source: &str) -> wgpu::ShaderModule {

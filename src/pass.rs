@@ -1,7 +1,7 @@
 //! What one forward + backward pass takes and returns, shared by the GPU engine and the CPU
 //! reference, so the CLI and the tests can run either behind the same calls.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::loss::Sequence;
 use crate::model::GptConfig;
 
@@ -94,4 +94,58 @@ pub trait Backend {
         options: &ForwardOptions,
         readback: Readback,
     ) -> Result<PassOutput>;
+}
+
+/// Checks a request against the model before any backend runs it, so that no kernel ever indexes
+/// out of range: sequence length, token ids, loss rows and terms, patch size, ablated heads.
+pub fn validate(config: &GptConfig, seq: &Sequence, options: &ForwardOptions) -> Result<()> {
+    let fail = |msg: String| Err(Error::Input(msg));
+    let t_len = seq.len();
+    let (l, nh) = (config.n_layer, config.n_head);
+    if t_len == 0 {
+        return fail("the sequence is empty".into());
+    }
+    if t_len > config.n_positions {
+        return fail(format!(
+            "the sequence has {t_len} tokens but n_positions is {}",
+            config.n_positions
+        ));
+    }
+    if let Some(&id) = seq.ids.iter().find(|&&id| id as usize >= config.vocab_size) {
+        return fail(format!(
+            "token id {id} is outside the vocabulary ({})",
+            config.vocab_size
+        ));
+    }
+    let plan = &seq.loss;
+    if plan.rows.is_empty() || plan.rows.end > t_len || plan.lse_scale.len() != plan.rows.len() {
+        return fail(format!(
+            "the loss rows {:?} do not fit the sequence of {t_len} tokens",
+            plan.rows
+        ));
+    }
+    if let Some(term) = plan
+        .terms
+        .iter()
+        .find(|tm| tm.row >= plan.rows.len() || tm.id as usize >= config.vocab_size)
+    {
+        return fail(format!("the loss term {term:?} is out of range"));
+    }
+    if let Some(p) = &options.patch {
+        if p.maps.len() != l * nh * t_len * t_len {
+            return fail(format!(
+                "the attention patch has {} values, expected L·NH·T·T = {}",
+                p.maps.len(),
+                l * nh * t_len * t_len
+            ));
+        }
+    }
+    if let Some(&(al, ah)) = options
+        .ablated_heads
+        .iter()
+        .find(|&&(al, ah)| al >= l || ah >= nh)
+    {
+        return fail(format!("ablated head ({al}, {ah}) does not exist"));
+    }
+    Ok(())
 }

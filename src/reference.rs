@@ -25,7 +25,7 @@
 
 use std::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::loss::{LossPlan, Sequence};
 use crate::model::{GptConfig, LayerWeights, Model, Tensor, Weights};
 use crate::pass::{Backend, ForwardOptions, PassOutput, PassTimings, Readback};
@@ -645,57 +645,6 @@ impl Settings {
 }
 
 /// Everything wrong with a request, as a one-line message (None when it can run).
-fn check_request(config: &GptConfig, seq: &Sequence, options: &ForwardOptions) -> Option<String> {
-    let t_len = seq.len();
-    let (l, nh) = (config.n_layer, config.n_head);
-    if t_len == 0 {
-        return Some("the sequence is empty".into());
-    }
-    if t_len > config.n_positions {
-        return Some(format!(
-            "the sequence has {t_len} tokens but n_positions is {}",
-            config.n_positions
-        ));
-    }
-    if let Some(&id) = seq.ids.iter().find(|&&id| id as usize >= config.vocab_size) {
-        return Some(format!(
-            "token id {id} is outside the vocabulary ({})",
-            config.vocab_size
-        ));
-    }
-    let plan = &seq.loss;
-    if plan.rows.is_empty() || plan.rows.end > t_len || plan.lse_scale.len() != plan.rows.len() {
-        return Some(format!(
-            "the loss rows {:?} do not fit the sequence of {t_len} tokens",
-            plan.rows
-        ));
-    }
-    if let Some(term) = plan
-        .terms
-        .iter()
-        .find(|tm| tm.row >= plan.rows.len() || tm.id as usize >= config.vocab_size)
-    {
-        return Some(format!("the loss term {term:?} is out of range"));
-    }
-    if let Some(p) = &options.patch {
-        if p.maps.len() != l * nh * t_len * t_len {
-            return Some(format!(
-                "the attention patch has {} values, expected L·NH·T·T = {}",
-                p.maps.len(),
-                l * nh * t_len * t_len
-            ));
-        }
-    }
-    if let Some(&(al, ah)) = options
-        .ablated_heads
-        .iter()
-        .find(|&&(al, ah)| al >= l || ah >= nh)
-    {
-        return Some(format!("ablated head ({al}, {ah}) does not exist"));
-    }
-    None
-}
-
 /// What the backward pass needs from one block's forward.
 struct LayerCache {
     x: Vec<f64>,        // (T, C) h_l, the block input
@@ -1048,8 +997,8 @@ pub fn forward_backward(
     seq: &Sequence,
     options: &ForwardOptions,
 ) -> CpuPass {
-    if let Some(msg) = check_request(config, seq, options) {
-        panic!("reference::forward_backward: {msg}");
+    if let Err(e) = crate::pass::validate(config, seq, options) {
+        panic!("reference::forward_backward: {e}");
     }
     let w = WeightsF64::new(weights);
     forward_backward_f64(config, &w, seq, &Settings::new(config, options))
@@ -1063,8 +1012,8 @@ pub fn forward_loss(
     options: &ForwardOptions,
     perturb: &Perturbation,
 ) -> f64 {
-    if let Some(msg) = check_request(config, seq, options) {
-        panic!("reference::forward_loss: {msg}");
+    if let Err(e) = crate::pass::validate(config, seq, options) {
+        panic!("reference::forward_loss: {e}");
     }
     let w = WeightsF64::new(weights);
     forward(config, &w, seq, &Settings::new(config, options), perturb).loss
@@ -1106,9 +1055,7 @@ impl Backend for CpuReference<'_> {
         readback: Readback,
     ) -> Result<PassOutput> {
         let config = &self.model.config;
-        if let Some(msg) = check_request(config, seq, options) {
-            return Err(Error::Input(msg));
-        }
+        crate::pass::validate(config, seq, options)?;
         let t0 = Instant::now();
         let model = self.model;
         let w = self

@@ -180,7 +180,10 @@ fn run_all(backend_name: &str, tol: f64, mut open: impl FnMut(&Model) -> Box<dyn
             worst.extend(check_case(case, &model, &out));
         }
     }
-    let failures: Vec<_> = worst.iter().filter(|(_, r)| r.is_nan() || *r > tol).collect();
+    let failures: Vec<_> = worst
+        .iter()
+        .filter(|(_, r)| r.is_nan() || *r > tol)
+        .collect();
     let max = worst.iter().map(|(_, r)| *r).fold(0.0, f64::max);
     if failures.is_empty() {
         println!("{backend_name}: overall OK — {} tensors, worst relative difference {max:.2e} ≤ {tol:.0e}", worst.len());
