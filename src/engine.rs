@@ -479,6 +479,7 @@ impl Engine {
     pub fn new(ctx: GpuContext, model: &Model) -> Result<Self> {
         let kernels = Kernels::new(&ctx)?;
         let weights = GpuWeights::upload(&ctx, model)?;
+        model.weights.release_resident_pages();
         Ok(Engine {
             ctx,
             config: model.config.clone(),

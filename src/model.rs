@@ -185,6 +185,8 @@ pub struct Weights {
     pub layers: Vec<LayerWeights>,
     pub ln_f_w: Tensor, // (C)
     pub ln_f_b: Tensor, // (C)
+    /// The checkpoint file, when the tensors borrow from it.
+    mapped: Option<Arc<Mmap>>,
 }
 
 /// A loaded GPT-2: hyper-parameters, weights and tokenizer.
@@ -329,12 +331,30 @@ impl Weights {
             )));
         }
         Ok(Weights {
+            mapped: match &bytes {
+                Bytes::Mapped(map) => Some(map.clone()),
+                Bytes::Static(_) => None,
+            },
             wte: take("wte.weight", &[v, c])?,
             wpe: take("wpe.weight", &[p, c])?,
             layers,
             ln_f_w: take("ln_f.weight", &[c])?,
             ln_f_b: take("ln_f.bias", &[c])?,
         })
+    }
+}
+
+impl Weights {
+    /// Lets the kernel drop the checkpoint's pages from memory once the GPU has its own copy
+    /// (otherwise the upload leaves the whole file resident). Later reads fault the pages back in
+    /// from the unchanged file, so this changes memory use, never values.
+    pub fn release_resident_pages(&self) {
+        #[cfg(unix)]
+        if let Some(map) = &self.mapped {
+            // SAFETY: a read-only file mapping: MADV_DONTNEED discards clean pages, which
+            // are re-read from the file on the next access.
+            let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
     }
 }
 
