@@ -1,13 +1,13 @@
-// The Conv1D forward GEMM for CPU adapters (lavapipe/llvmpipe), the same math as linear.wgsl's
-// matmul_nn: C = A·B (+ bias, residual, accumulate) — y = x·W + b, and the lm_head backward
-// dx = dlogits·wte.
-// llvmpipe runs the 8 invocations of a subgroup as SIMD lanes and a workgroup on one thread: a load
-// whose address differs per lane costs a loop over lanes, FMAs are cheap, shared memory is plain RAM.
-// So a workgroup is exactly one subgroup of 8, B is read as vec4, and each A value one lane loads is
-// broadcast to the other lanes with subgroupShuffle and used by 16 vec4 FMAs. Chosen at run time only
-// when the adapter's subgroups are 8 wide and B's columns come in multiples of 4 (src/layers/linear.rs);
-// linear.wgsl is the portable path and serves every other case. Measured here: about 2× the portable
-// kernel (docs/BENCHMARKS.md).
+// Conv1D GEMMs for CPU adapters (lavapipe/llvmpipe), the same math as linear.wgsl:
+//   matmul_nn_sg   C = A·B    forward y = x·W + b (+ residual)
+//   matmul_nt_sg   C = A·Bᵀ   backward dx = dy·Wᵀ
+// llvmpipe runs the 8 invocations of a subgroup as SIMD lanes and a workgroup on one thread. Every
+// load from a buffer costs far more than the FMAs it feeds (measured: a loop of 16 vec4 FMAs per vec4
+// load runs at 1/15 of the same loop without the load), so what counts is FMAs per loaded value:
+// a workgroup is one subgroup of 8; each lane loads one vec4 of two A rows and one (nt) or four (nn)
+// vec4s of B per 4 k, and subgroupShuffle hands every lane all 16 rows' A values, so each loaded B
+// value feeds 16 rows. Chosen at run time only where the adapter's subgroups are 8 wide and the
+// operands are vec4-aligned (src/layers/linear.rs); linear.wgsl serves every other case.
 
 struct Params {
     m: u32, n: u32, k: u32, flags: u32,
@@ -20,7 +20,7 @@ const HAS_RESIDUAL: u32 = 2u;
 const ACCUMULATE: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
@@ -51,69 +51,68 @@ fn store4(row: u32, col: u32, acc: vec4<f32>) {
     store(row, col + 3u, acc.w);
 }
 
-// A[row, k..k+4] as scalars (A's leading dimension need not be a multiple of 4); 0 past K.
-fn a_quad(row: u32, k: u32) -> vec4<f32> {
-    let base = p.a_off + min(row, p.m - 1u) * p.lda;
-    var v = vec4<f32>(0.0);
-    for (var i = 0u; i < 4u; i++) {
-        if (k + i < p.k) {
-            v[i] = a[base + k + i];
-        }
-    }
-    return v;
+// Row offsets (in vec4) of A rows row0 + lane and row0 + 8 + lane, clamped into range.
+fn a_rows(row0: u32, lane: u32) -> vec2<u32> {
+    let lda4 = p.lda / 4u;
+    return vec2<u32>(
+        p.a_off / 4u + min(row0 + lane, p.m - 1u) * lda4,
+        p.a_off / 4u + min(row0 + 8u + lane, p.m - 1u) * lda4,
+    );
 }
 
-// One row of an nn tile: the lane's four vec4 columns c0, c0 + 32, c0 + 64, c0 + 96.
-fn store_nn(row: u32, c0: u32, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>) {
-    store4(row, c0, v0);
-    store4(row, c0 + 32u, v1);
-    store4(row, c0 + 64u, v2);
-    store4(row, c0 + 96u, v3);
+// Row r (0..8) of the A quads loaded by lane r, broadcast to every lane.
+fn from_lane(q: vec4<f32>, r: u32) -> vec4<f32> {
+    return vec4<f32>(subgroupShuffle(q.x, r), subgroupShuffle(q.y, r), subgroupShuffle(q.z, r), subgroupShuffle(q.w, r));
 }
 
-// C tile: 4 rows × 128 columns; lane l owns the vec4 columns l, l+8, l+16, l+24 of the tile.
-// Each lane loads a vec4 of A per row per 32 k; the 32 values are broadcast with subgroupShuffle.
+// C tile: 16 rows × 32 columns; lane l owns vec4 column l of the tile.
 @compute @workgroup_size(8)
 fn matmul_nn_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let row0 = wid.y * 4u;
-    if (row0 >= p.m) {
-        return;
-    }
-    let n4 = p.n / 4u;
-    let cv = wid.x * 32u + lane; // this lane's first vec4 column
-    let cols = vec4<u32>(min(cv, n4 - 1u), min(cv + 8u, n4 - 1u), min(cv + 16u, n4 - 1u), min(cv + 24u, n4 - 1u));
-    let b_off4 = p.b_off / 4u;
+    let row0 = wid.y * 16u;
+    let cv = wid.x * 8u + lane;
     let ldb4 = p.ldb / 4u;
-    var acc: array<vec4<f32>, 16>; // [row r][column j] at r * 4 + j
-    for (var k0 = 0u; k0 < p.k; k0 += 32u) {
-        let kk = k0 + 4u * lane;
-        let q0 = a_quad(row0, kk);
-        let q1 = a_quad(row0 + 1u, kk);
-        let q2 = a_quad(row0 + 2u, kk);
-        let q3 = a_quad(row0 + 3u, kk);
-        let steps = min(32u, p.k - k0);
-        for (var s = 0u; s < steps; s++) {
-            let src = s / 4u;
-            let comp = s % 4u;
-            let x0 = subgroupShuffle(q0[comp], src);
-            let x1 = subgroupShuffle(q1[comp], src);
-            let x2 = subgroupShuffle(q2[comp], src);
-            let x3 = subgroupShuffle(q3[comp], src);
-            let brow = b_off4 + (k0 + s) * ldb4;
-            let b0 = b4[brow + cols.x];
-            let b1 = b4[brow + cols.y];
-            let b2 = b4[brow + cols.z];
-            let b3 = b4[brow + cols.w];
-            acc[0] += x0 * b0; acc[1] += x0 * b1; acc[2] += x0 * b2; acc[3] += x0 * b3;
-            acc[4] += x1 * b0; acc[5] += x1 * b1; acc[6] += x1 * b2; acc[7] += x1 * b3;
-            acc[8] += x2 * b0; acc[9] += x2 * b1; acc[10] += x2 * b2; acc[11] += x2 * b3;
-            acc[12] += x3 * b0; acc[13] += x3 * b1; acc[14] += x3 * b2; acc[15] += x3 * b3;
+    let bcol = p.b_off / 4u + min(cv, p.n / 4u - 1u);
+    let ar = a_rows(row0, lane);
+    var acc: array<vec4<f32>, 16>; // row r of the tile
+    for (var k4 = 0u; k4 < p.k / 4u; k4++) {
+        let qa = a4[ar.x + k4];
+        let qb = a4[ar.y + k4];
+        // B rows 4·k4 … 4·k4 + 3 at this lane's 4 columns
+        let brow = bcol + 4u * k4 * ldb4;
+        let b0 = b4[brow];
+        let b1 = b4[brow + ldb4];
+        let b2 = b4[brow + 2u * ldb4];
+        let b3 = b4[brow + 3u * ldb4];
+        for (var r = 0u; r < 8u; r++) {
+            let xa = from_lane(qa, r);
+            let xb = from_lane(qb, r);
+            acc[r] += xa.x * b0 + xa.y * b1 + xa.z * b2 + xa.w * b3;
+            acc[r + 8u] += xb.x * b0 + xb.y * b1 + xb.z * b2 + xb.w * b3;
         }
     }
-    // Constant indices only, so the accumulators stay in registers.
-    let c0 = 4u * cv;
-    store_nn(row0, c0, acc[0], acc[1], acc[2], acc[3]);
-    store_nn(row0 + 1u, c0, acc[4], acc[5], acc[6], acc[7]);
-    store_nn(row0 + 2u, c0, acc[8], acc[9], acc[10], acc[11]);
-    store_nn(row0 + 3u, c0, acc[12], acc[13], acc[14], acc[15]);
+    for (var r = 0u; r < 16u; r++) {
+        store4(row0 + r, 4u * cv, acc[r]);
+    }
+}
+
+// C tile: 16 rows × 8 columns; lane l owns column l of the tile and reads its B row as vec4s.
+@compute @workgroup_size(8)
+fn matmul_nt_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let row0 = wid.y * 16u;
+    let col = wid.x * 8u + lane;
+    let brow = p.b_off / 4u + min(col, p.n - 1u) * (p.ldb / 4u);
+    let ar = a_rows(row0, lane);
+    var acc: array<vec4<f32>, 16>; // row r of the tile, 4 partial sums over k
+    for (var k4 = 0u; k4 < p.k / 4u; k4++) {
+        let qa = a4[ar.x + k4];
+        let qb = a4[ar.y + k4];
+        let bq = b4[brow + k4];
+        for (var r = 0u; r < 8u; r++) {
+            acc[r] += from_lane(qa, r) * bq;
+            acc[r + 8u] += from_lane(qb, r) * bq;
+        }
+    }
+    for (var r = 0u; r < 16u; r++) {
+        store(row0 + r, col, dot(acc[r], vec4<f32>(1.0)));
+    }
 }

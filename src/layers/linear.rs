@@ -72,8 +72,8 @@ pub struct Gemm<'a> {
 pub struct Linear {
     nn: wgpu::ComputePipeline,
     nt: wgpu::ComputePipeline,
-    /// `shaders/linear_subgroup.wgsl`'s C = A·B, on CPU adapters with 8-lane subgroups.
-    nn_subgroup: Option<wgpu::ComputePipeline>,
+    /// `shaders/linear_subgroup.wgsl`'s GEMMs (nn, nt), on CPU adapters with 8-lane subgroups.
+    subgroup: Option<[wgpu::ComputePipeline; 2]>,
     unused: wgpu::Buffer,
 }
 
@@ -91,19 +91,18 @@ impl Linear {
             include_str!("../../shaders/linear.wgsl"),
             ["matmul_nn", "matmul_nt"],
         );
-        let nn_subgroup = (use_subgroups && ctx.subgroups_of_8).then(|| {
-            let [nn] = pipelines(
+        let subgroup = (use_subgroups && ctx.subgroups_of_8).then(|| {
+            pipelines(
                 ctx,
                 "linear_subgroup.wgsl",
                 include_str!("../../shaders/linear_subgroup.wgsl"),
-                ["matmul_nn_sg"],
-            );
-            nn
+                ["matmul_nn_sg", "matmul_nt_sg"],
+            )
         });
         Linear {
             nn,
             nt,
-            nn_subgroup,
+            subgroup,
             unused: ctx.storage("unused", 16),
         }
     }
@@ -200,15 +199,28 @@ impl Linear {
         ];
         let (m, n) = (g.m as u32, g.n as u32);
         let quads = |x: u32| x % 4 == 0;
-        match &self.nn_subgroup {
-            // B is read as vec4 along N.
-            Some(sg) if !g.transpose_b && quads(n) && quads(g.b.ld) && quads(g.b.offset) => {
+        // The subgroup kernels read A and B as vec4 rows along K (and B along N in nn).
+        let vec4_ok = [g.k as u32, g.a.ld, g.a.offset, g.b.ld, g.b.offset]
+            .into_iter()
+            .all(quads);
+        match &self.subgroup {
+            Some([nn, _]) if !g.transpose_b && vec4_ok && quads(n) => {
                 plan.dispatch(
                     label,
-                    sg,
+                    nn,
                     &params,
                     &common,
-                    [n.div_ceil(128), m.div_ceil(4), 1],
+                    [n.div_ceil(32), m.div_ceil(16), 1],
+                );
+            }
+            // A 16-row tile would waste most of its work on the one-row lm_head GEMV.
+            Some([_, nt]) if g.transpose_b && vec4_ok && m >= 8 => {
+                plan.dispatch(
+                    label,
+                    nt,
+                    &params,
+                    &common,
+                    [n.div_ceil(8), m.div_ceil(16), 1],
                 );
             }
             _ => {
