@@ -345,6 +345,24 @@ impl Weights {
 }
 
 impl Weights {
+    /// Weights built in memory (tests, generated models): no file behind them.
+    pub fn in_memory(
+        wte: Tensor,
+        wpe: Tensor,
+        layers: Vec<LayerWeights>,
+        ln_f_w: Tensor,
+        ln_f_b: Tensor,
+    ) -> Self {
+        Weights {
+            wte,
+            wpe,
+            layers,
+            ln_f_w,
+            ln_f_b,
+            mapped: None,
+        }
+    }
+
     /// Lets the kernel drop the checkpoint's pages from memory once the GPU has its own copy
     /// (otherwise the upload leaves the whole file resident). Later reads fault the pages back in
     /// from the unchanged file, so this changes memory use, never values.

@@ -99,13 +99,13 @@ fn tiny_weights(seed: u64) -> Weights {
             }
         })
         .collect();
-    Weights {
-        wte: rng.tensor(&[V, C], 0.0, 0.8),
-        wpe: rng.tensor(&[P, C], 0.0, 0.5),
+    Weights::in_memory(
+        rng.tensor(&[V, C], 0.0, 0.8),
+        rng.tensor(&[P, C], 0.0, 0.5),
         layers,
-        ln_f_w: rng.tensor(&[C], 1.0, 0.4),
-        ln_f_b: rng.tensor(&[C], 0.0, 0.3),
-    }
+        rng.tensor(&[C], 1.0, 0.4),
+        rng.tensor(&[C], 0.0, 0.3),
+    )
 }
 
 /// A sequence of total length `t` for the loss kind: nll with a 2-id target, ce with a 3-token
