@@ -38,6 +38,8 @@ pub struct MapsArgs {
 pub struct StagedDir {
     staging: PathBuf,
     out: PathBuf,
+    /// Parent directories of `out` this run created (outermost first), removed again on failure.
+    created_parents: Vec<PathBuf>,
     committed: bool,
 }
 
@@ -61,17 +63,34 @@ impl StagedDir {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        if !parent.is_dir() {
+        // Missing parents are created (outermost first) and removed again if the run fails.
+        let mut created_parents: Vec<PathBuf> = parent
+            .ancestors()
+            .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+            .map(Path::to_path_buf)
+            .collect();
+        created_parents.reverse();
+        let remove_created = |dirs: &[PathBuf]| {
+            for d in dirs.iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
+        };
+        if let Err(e) = std::fs::create_dir_all(&parent) {
+            remove_created(&created_parents);
             return Err(Error::Output(format!(
-                "cannot write {}: {} does not exist",
-                out.display(),
+                "cannot create {}: {e}",
                 parent.display()
             )));
         }
         let staging = parent.join(format!(".{name}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir(&staging)
-            .map_err(|e| Error::Output(format!("cannot write to {}: {e}", parent.display())))?;
+        if let Err(e) = std::fs::create_dir(&staging) {
+            remove_created(&created_parents);
+            return Err(Error::Output(format!(
+                "cannot write to {}: {e}",
+                parent.display()
+            )));
+        }
         if out.is_dir() {
             // The files will be renamed into `out`: check it is writable before any work.
             let probe = out.join(format!(".revattn-probe-{}", std::process::id()));
@@ -87,6 +106,7 @@ impl StagedDir {
         Ok(StagedDir {
             staging,
             out: out.to_path_buf(),
+            created_parents,
             committed: false,
         })
     }
@@ -120,6 +140,9 @@ impl Drop for StagedDir {
     fn drop(&mut self) {
         if !self.committed {
             let _ = std::fs::remove_dir_all(&self.staging);
+            for d in self.created_parents.iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
         }
     }
 }

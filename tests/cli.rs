@@ -137,7 +137,7 @@ fn maps_writes_every_file_and_tensor() {
 #[test]
 fn maps_without_model_uses_the_embedded_model() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("out");
+    let out = tmp.path().join("runs").join("out"); // missing parents are created
     let o = revattn(&[
         "maps",
         "--prompt",
