@@ -91,6 +91,11 @@ fn synthetic_sequence(t: usize, vocab: usize) -> Sequence {
 }
 
 pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
+    if args.backend == BackendChoice::Cpu {
+        return Err(Error::Input(
+            "bench times the GPU engine; choose a GPU backend, not --backend cpu".into(),
+        ));
+    }
     if args.runs == 0 {
         return Err(Error::Input("--runs must be at least 1".into()));
     }
