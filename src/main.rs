@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use revattn::bench::{self, BenchArgs};
 use revattn::gpu::{self, BackendChoice, GpuContext};
+use revattn::init::{self, InitArgs};
 use revattn::loss::LossKind;
 use revattn::maps::{self, MapsArgs};
 use revattn::Result;
@@ -71,6 +72,21 @@ enum Command {
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+    /// Write a random-init GPT-2 in HF layout (config.json, model.safetensors, tokenizer.json),
+    /// initialised like HF's GPT-2, deterministic for a seed.
+    Init {
+        /// gpt2, gpt2-medium, gpt2-large, gpt2-xl, or L,H,C (layers, heads, n_embd).
+        #[arg(long, default_value = "gpt2")]
+        config: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// A tokenizer.json to copy into the model (its size sets vocab_size; default 50257).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// List the adapters wgpu finds, the one revattn would choose, its limits and features.
     Info,
@@ -180,6 +196,20 @@ fn main() -> ExitCode {
                 backend: cli.backend,
             };
             bench::run(&args).map(|_| ())
+        }
+        Command::Init {
+            config,
+            seed,
+            tokenizer,
+            out,
+        } => {
+            let args = InitArgs {
+                config,
+                seed,
+                tokenizer,
+                out,
+            };
+            init::run(&args).map(|cfg| println!("{}", init::describe(&cfg, &args.out)))
         }
         Command::Info => info(cli.backend),
     };

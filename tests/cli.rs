@@ -418,3 +418,60 @@ fn cpu_backend_writes_the_same_maps() {
         "gpu and cpu backends disagree: {diff} vs {max}"
     );
 }
+
+#[test]
+fn init_writes_a_loadable_deterministic_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = fixture("tiny-odd").join("tokenizer.json");
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    for (dir, seed) in [(&a, "7"), (&b, "7"), (&c, "8")] {
+        let o = revattn(&[
+            "init",
+            "--config",
+            "2,3,15",
+            "--seed",
+            seed,
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let weights = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert_eq!(weights(&a), weights(&b), "same seed, same weights");
+    assert_ne!(weights(&a), weights(&c), "another seed, other weights");
+    let model = revattn::model::Model::load(&a).unwrap();
+    assert_eq!(
+        (
+            model.config.n_layer,
+            model.config.n_head,
+            model.config.n_embd,
+            model.config.vocab_size
+        ),
+        (2, 3, 15, 1024)
+    );
+    // HF's init: N(0, 0.02) for wte, LayerNorm weights 1
+    let wte = model.weights.wte.data();
+    let std = (wte.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / wte.len() as f64).sqrt();
+    assert!((std - 0.02).abs() < 0.002, "wte std {std}");
+    assert!(model.weights.ln_f_w.data().iter().all(|&x| x == 1.0));
+    let out = tmp.path().join("maps");
+    let o = revattn(&maps_args(a.to_str().unwrap(), out.to_str().unwrap()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let bad = revattn(&[
+        "init",
+        "--config",
+        "2,3",
+        "--out",
+        tmp.path().join("bad").to_str().unwrap(),
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected gpt2"));
+    assert!(!tmp.path().join("bad").exists());
+}
