@@ -116,3 +116,24 @@ fn matmul_nt_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocat
         store(row0 + r, col, dot(acc[r], vec4<f32>(1.0)));
     }
 }
+
+// One row of C = A·Bᵀ (the lm_head at the last position: logits = x·wteᵀ): lane l owns column
+// n0 + l and reads its B row as vec4s; the 8 lanes load consecutive vec4s of the A row together and
+// share them with subgroupShuffle, so each lane loads one A vec4 per 8.
+@compute @workgroup_size(8)
+fn matmul_nt_row_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let col = wid.x * 8u + lane;
+    let brow = p.b_off / 4u + min(col, p.n - 1u) * (p.ldb / 4u);
+    let a0 = p.a_off / 4u;
+    let k4n = p.k / 4u;
+    var acc = vec4<f32>(0.0);
+    for (var k0 = 0u; k0 < k4n; k0 += 8u) {
+        let mine = a4[a0 + min(k0 + lane, k4n - 1u)];
+        for (var s = 0u; s < 8u; s++) {
+            // past K: a clamped (valid) B quad times zero
+            let keep = select(0.0, 1.0, k0 + s < k4n);
+            acc += keep * from_lane(mine, s) * b4[brow + min(k0 + s, k4n - 1u)];
+        }
+    }
+    store(0u, col, dot(acc, vec4<f32>(1.0)));
+}

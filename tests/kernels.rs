@@ -106,7 +106,14 @@ fn check_linear(ctx: &GpuContext, linear: &Linear) {
 #[test]
 fn lm_head_gemms_over_vocab_chunks_match_reference() {
     let ctx = gpu();
-    for (subgroups, c, r) in [(true, 16, 3), (true, 16, 9), (true, 15, 3), (false, 16, 9)] {
+    for (subgroups, c, r) in [
+        (true, 16, 1),
+        (true, 36, 1),
+        (true, 16, 3),
+        (true, 16, 9),
+        (true, 15, 3),
+        (false, 16, 9),
+    ] {
         let linear = Linear::with_subgroup_kernels(&ctx, subgroups);
         check_lm_head(&ctx, &linear, c, r);
     }
@@ -174,7 +181,7 @@ fn check_lm_head(ctx: &GpuContext, linear: &Linear, c: usize, r: usize) {
         }
     }
     assert_close(
-        "lm_head logits = x[rows]·wteᵀ (4 chunks)",
+        &format!("lm_head logits = x[rows]·wteᵀ (4 chunks) C{c} R{r}"),
         &read(ctx, &logits, r * v),
         &want,
         REL_TOL,
@@ -190,7 +197,7 @@ fn check_lm_head(ctx: &GpuContext, linear: &Linear, c: usize, r: usize) {
         c,
     );
     assert_close(
-        "lm_head dx = dlogits·wte (accumulated)",
+        &format!("lm_head dx = dlogits·wte (accumulated) C{c} R{r}"),
         &read(ctx, &dx, r * c),
         &want_dx,
         REL_TOL,

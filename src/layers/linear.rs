@@ -72,8 +72,9 @@ pub struct Gemm<'a> {
 pub struct Linear {
     nn: wgpu::ComputePipeline,
     nt: wgpu::ComputePipeline,
-    /// `shaders/linear_subgroup.wgsl`'s GEMMs (nn, nt), on CPU adapters with 8-lane subgroups.
-    subgroup: Option<[wgpu::ComputePipeline; 2]>,
+    /// `shaders/linear_subgroup.wgsl`'s GEMMs (nn, nt, one-row nt), on CPU adapters with
+    /// 8-lane subgroups.
+    subgroup: Option<[wgpu::ComputePipeline; 3]>,
     unused: wgpu::Buffer,
 }
 
@@ -96,7 +97,7 @@ impl Linear {
                 ctx,
                 "linear_subgroup.wgsl",
                 include_str!("../../shaders/linear_subgroup.wgsl"),
-                ["matmul_nn_sg", "matmul_nt_sg"],
+                ["matmul_nn_sg", "matmul_nt_sg", "matmul_nt_row_sg"],
             )
         });
         Linear {
@@ -204,7 +205,7 @@ impl Linear {
             .into_iter()
             .all(quads);
         match &self.subgroup {
-            Some([nn, _]) if !g.transpose_b && vec4_ok && quads(n) => {
+            Some([nn, _, _]) if !g.transpose_b && vec4_ok && quads(n) => {
                 plan.dispatch(
                     label,
                     nn,
@@ -213,8 +214,7 @@ impl Linear {
                     [n.div_ceil(32), m.div_ceil(16), 1],
                 );
             }
-            // A 16-row tile would waste most of its work on the one-row lm_head GEMV.
-            Some([_, nt]) if g.transpose_b && vec4_ok && m >= 8 => {
+            Some([_, nt, _]) if g.transpose_b && vec4_ok && m >= 8 => {
                 plan.dispatch(
                     label,
                     nt,
@@ -222,6 +222,10 @@ impl Linear {
                     &common,
                     [n.div_ceil(8), m.div_ceil(16), 1],
                 );
+            }
+            // The lm_head at one position: a 16-row tile would waste most of its work.
+            Some([_, _, nt_row]) if g.transpose_b && vec4_ok && m == 1 => {
+                plan.dispatch(label, nt_row, &params, &common, [n.div_ceil(8), 1, 1]);
             }
             _ => {
                 let pipeline = if g.transpose_b { &self.nt } else { &self.nn };
