@@ -12,6 +12,8 @@ Writes, deterministically (fixed seeds, hand-rolled safetensors writer with sort
                                         written by save_pretrained ("transformer.h.0…")
   tests/fixtures/golden/{model}__{case}.safetensors + index.json
       float64 PyTorch-autograd reference tensors (stored as F32, ids as I64)
+  tests/fixtures/golden/train.safetensors
+      tiny-odd, one padded batch: next-token loss, every parameter's gradient, 10 AdamW steps
 
 The default model is written first: the Rust crate embeds it with include_bytes! and cannot compile
 without it.
@@ -296,7 +298,8 @@ def hub_config(spec: dict, vocab: int, eot: int) -> dict:
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Deterministic safetensors writer: sorted JSON header (compact), 8-byte aligned data start,
     8-byte dtypes first so every tensor is naturally aligned."""
-    dtypes = {torch.float32: ("F32", 4), torch.int64: ("I64", 8)}
+    dtypes = {torch.float32: ("F32", 4), torch.int64: ("I64", 8), torch.float64: ("F64", 8),
+              torch.int32: ("I32", 4)}
     names = sorted(tensors, key=lambda k: (-dtypes[tensors[k].dtype][1], k))
     header: dict = {"__metadata__": dict(sorted(metadata.items()))}
     blobs, off = [], 0
@@ -547,6 +550,108 @@ def golden_case(model: GPT2LMHeadModel, sd, spec, tok: Tokenizer, eot: int, prom
     return tensors, stats
 
 
+# --------------------------------------------------------------------------------------------------
+# 5. Training golden: weight gradients of the next-token loss and AdamW steps
+# --------------------------------------------------------------------------------------------------
+
+TRAIN_MODEL = "tiny-odd"
+TRAIN_SEED = 20250602
+TRAIN_LENS = [9, 6, 4]  # sequence lengths; right-padded with id 0 to T
+TRAIN_T = 9
+TRAIN_STEPS = 10
+ADAMW = {"lr": 1e-2, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weight_decay": 0.1}
+
+
+def train_batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids and targets: random ids in [1, vocab), padding id 0; target = next token at a
+    random subset of positions (p = 0.6, at least one per sequence), −1 elsewhere and on padding."""
+    rng = random.Random(TRAIN_SEED)
+    B, T = len(TRAIN_LENS), TRAIN_T
+    ids = [[0] * T for _ in range(B)]
+    targets = [[-1] * T for _ in range(B)]
+    for b, n in enumerate(TRAIN_LENS):
+        seq = [rng.randrange(1, vocab) for _ in range(n)]
+        ids[b][:n] = seq
+        pos = [t for t in range(n - 1) if rng.random() < 0.6] or [rng.randrange(n - 1)]
+        for t in pos:
+            targets[b][t] = seq[t + 1]
+    return torch.tensor(ids, dtype=torch.int64), torch.tensor(targets, dtype=torch.int64)
+
+
+def train_loss(model: GPT2LMHeadModel, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=ids, use_cache=False).logits
+    return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-1)
+
+
+def golden_train(spec: dict, sd: dict[str, torch.Tensor], vocab: int):
+    model = load_hf(spec)  # its own float64 copy: the AdamW steps below change it
+    params = dict(model.transformer.named_parameters())  # hub names; the tied wte once
+    assert list(model.parameters()) == list(params.values()), "parameter order"
+    assert len(params) == 4 + 12 * spec["n_layer"], len(params)
+    ids, targets = train_batch(vocab)
+    B, T = ids.shape
+
+    # --- loss and gradients of the HF model
+    loss = train_loss(model, ids, targets)
+    loss.backward()
+    grads = {k: p.grad.detach().clone() for k, p in params.items()}
+    model.zero_grad(set_to_none=True)
+
+    # --- independent check: the hand-written forward, one sequence at a time, summed NLL / n
+    W = {k: v.to(torch.float64).requires_grad_() for k, v in sd.items()}
+    n = int((targets >= 0).sum())
+    rloss = 0.0
+    for b in range(B):
+        rlogits = ref_forward(W, spec, ids[b].tolist())[0]
+        rloss = rloss + F.cross_entropy(rlogits, targets[b], ignore_index=-1, reduction="sum") / n
+    rloss.backward()
+    assert abs(rloss.item() - loss.item()) < 1e-12, (rloss.item(), loss.item())
+    check = max(((W[k].grad - g).abs().max() / g.abs().max()).item() for k, g in grads.items())
+    assert check < 1e-10, f"hand-written forward's gradients differ from HF by {check}"
+    # Causal masking: no gradient reaches positions after the last target of any sequence.
+    last = max(t for t in range(T) if bool((targets[:, t] >= 0).any()))
+    assert torch.all(grads["wpe.weight"][last + 1:] == 0), "wpe gradient after the last target"
+
+    # --- AdamW: weight decay on ≥ 2-D tensors only; global-norm clipping before every step
+    norm0 = math.sqrt(sum((g * g).sum().item() for g in grads.values()))
+    clip = float(f"{0.6 * norm0:.2g}")
+    hyper = {**ADAMW, "grad_clip": clip}
+    opt = torch.optim.AdamW(
+        [{"params": [p for p in params.values() if p.dim() >= 2], "weight_decay": hyper["weight_decay"]},
+         {"params": [p for p in params.values() if p.dim() < 2], "weight_decay": 0.0}],
+        lr=hyper["lr"], betas=(hyper["beta1"], hyper["beta2"]), eps=hyper["eps"])
+    losses, norms = [], []
+    for _ in range(TRAIN_STEPS):
+        opt.zero_grad(set_to_none=True)
+        step_loss = train_loss(model, ids, targets)
+        step_loss.backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item())
+        opt.step()
+        losses.append(step_loss.item())
+    assert losses[0] == loss.item() and abs(norms[0] - norm0) < 1e-12 * norm0
+    assert norms[0] > clip, "clipping must be active on the first step"
+
+    tensors = {
+        "input_ids": ids.to(torch.int32),
+        "targets": targets.to(torch.int32),
+        "loss": loss.detach().reshape(1),
+        "adamw_losses": torch.tensor(losses, dtype=torch.float64),
+        "adamw_grad_norms": torch.tensor(norms, dtype=torch.float64),
+        **{f"grad.{k}": g.to(torch.float32).contiguous() for k, g in grads.items()},
+    }
+    meta = {"model": TRAIN_MODEL, "model_dir": str(spec["dir"].relative_to(ROOT)),
+            "seq_lens": ",".join(map(str, TRAIN_LENS)), "n_targets": str(n), "steps": str(TRAIN_STEPS),
+            "adamw": json.dumps(hyper, sort_keys=True)}
+    path = GOLDEN / "train.safetensors"
+    write_safetensors(path, tensors, meta)
+    assert path.stat().st_size < 100_000, path.stat().st_size
+    print(f"  train.safetensors: B={B} T={T} lens={TRAIN_LENS} n_targets={n} loss={loss.item():.6f} "
+          f"|hand-written - HF grads|/max={check:.1e} grad_clip={clip} ({path.stat().st_size} B)")
+    print("    AdamW losses:     " + " ".join(f"{x:.6f}" for x in losses))
+    print("    pre-clip norms:   " + " ".join(f"{x:.4f}" for x in norms)
+          + f"  (clipped on {sum(x > clip for x in norms)} of {TRAIN_STEPS} steps)")
+
+
 def main() -> int:
     os.chdir(ROOT)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")
@@ -595,6 +700,7 @@ def main() -> int:
                       f"max|dh|={st['max_abs_hidden_grad']:.3e} mean max A={st['mean_max_attn']:.3f} "
                       f"|R-dL/dP|={st['check_dR']:.1e} |dlogits|={st['check_dlogits']:.1e}")
     (GOLDEN / "index.json").write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n")
+    golden_train(MODEL_SPECS[TRAIN_MODEL], weights[TRAIN_MODEL], vocab)
 
     def size(p: Path) -> int:
         return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())

@@ -1,5 +1,6 @@
-// Causal multi-head self-attention of one layer, forward and backward, and Reversed Attention.
-// qkv (T, 3C) holds Q | K | V; head h owns columns [h·hs, (h+1)·hs) of each block.
+// Causal multi-head self-attention of one layer, forward and backward, and Reversed Attention,
+// for B sequences of T tokens (the batch index is the grid's z).
+// qkv (B·T, 3C) holds Q | K | V; head h owns columns [h·hs, (h+1)·hs) of each block.
 //
 // forward
 //   softmax_forward   A[h,i,j] = softmax_j(Q_i·K_j / sqrt(hs)) for j ≤ i, exactly 0 for j > i
@@ -21,16 +22,16 @@ const HAS_PATCH: u32 = 1u;
 const WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> qkv: array<f32>;          // (T, 3C)
-@group(0) @binding(2) var<storage, read_write> att_out: array<f32>; // (NH, T, T)
-@group(0) @binding(3) var<storage, read> att: array<f32>;          // (NH, T, T)
-@group(0) @binding(4) var<storage, read> patch_map: array<f32>;        // (NH, T, T) or unused
+@group(0) @binding(1) var<storage, read> qkv: array<f32>;          // (B·T, 3C)
+@group(0) @binding(2) var<storage, read_write> att_out: array<f32>; // (B, NH, T, T)
+@group(0) @binding(3) var<storage, read> att: array<f32>;          // (B, NH, T, T)
+@group(0) @binding(4) var<storage, read> patch_map: array<f32>;    // (B, NH, T, T) or unused
 @group(0) @binding(5) var<storage, read> head_scale: array<f32>;   // (L, NH)
-@group(0) @binding(6) var<storage, read_write> z: array<f32>;      // (T, C)
-@group(0) @binding(7) var<storage, read> dz: array<f32>;           // (T, C)
-@group(0) @binding(8) var<storage, read_write> ra_out: array<f32>; // (NH, T, T)
-@group(0) @binding(9) var<storage, read> ra: array<f32>;           // (NH, T, T)
-@group(0) @binding(10) var<storage, read_write> dqkv: array<f32>;  // (T, 3C)
+@group(0) @binding(6) var<storage, read_write> z: array<f32>;      // (B·T, C)
+@group(0) @binding(7) var<storage, read> dz: array<f32>;           // (B·T, C)
+@group(0) @binding(8) var<storage, read_write> ra_out: array<f32>; // (B, NH, T, T)
+@group(0) @binding(9) var<storage, read> ra: array<f32>;           // (B, NH, T, T)
+@group(0) @binding(10) var<storage, read_write> dqkv: array<f32>;  // (B·T, 3C)
 
 var<workgroup> partial: array<f32, WG>;
 
@@ -52,6 +53,10 @@ fn workgroup_reduce(v: f32, lid: u32, is_max: bool) -> f32 {
     return r;
 }
 
+// Row i of sequence `seq` is row seq·T + i of qkv, z and dz; its (h, i) attention row starts at
+// ((seq·NH + h)·T + i)·T.
+fn att_row(seq: u32, h: u32, i: u32) -> u32 { return ((seq * p.nh + h) * p.t + i) * p.t; }
+
 fn q_at(i: u32, h: u32, d: u32) -> f32 { return qkv[i * 3u * p.c + h * p.hs + d]; }
 fn k_at(j: u32, h: u32, d: u32) -> f32 { return qkv[j * 3u * p.c + p.c + h * p.hs + d]; }
 fn v_at(j: u32, h: u32, d: u32) -> f32 { return qkv[j * 3u * p.c + 2u * p.c + h * p.hs + d]; }
@@ -70,14 +75,15 @@ fn used_att(idx: u32) -> f32 {
 fn softmax_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let i = wid.x;
     let h = wid.y;
+    let r0 = wid.z * p.t;
     let lid = lid3.x;
-    let row = (h * p.t + i) * p.t;
+    let row = att_row(wid.z, h, i);
     // S = Q_i·K_j / sqrt(hs), kept in att_out until normalised
     var m = -3.0e38;
     for (var j = lid; j <= i; j += WG) {
         var s = 0.0;
         for (var d = 0u; d < p.hs; d++) {
-            s += q_at(i, h, d) * k_at(j, h, d);
+            s += q_at(r0 + i, h, d) * k_at(r0 + j, h, d);
         }
         s *= p.scale;
         att_out[row + j] = s;
@@ -108,9 +114,10 @@ fn values_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (col >= p.c || i >= p.t) {
         return;
     }
+    let r0 = gid.z * p.t;
     let h = col / p.hs;
     let d = col % p.hs;
-    let row = (h * p.t + i) * p.t;
+    let row = att_row(gid.z, h, i);
     // Without a patch A[i, j > i] = 0, so the causal range suffices; a patch may touch any j.
     var j_end = i + 1u;
     if ((p.flags & HAS_PATCH) != 0u) {
@@ -118,9 +125,9 @@ fn values_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var acc = 0.0;
     for (var j = 0u; j < j_end; j++) {
-        acc += used_att(row + j) * v_at(j, h, d);
+        acc += used_att(row + j) * v_at(r0 + j, h, d);
     }
-    z[i * p.c + col] = head_scale[p.head_scale_off + h] * acc;
+    z[(r0 + i) * p.c + col] = head_scale[p.head_scale_off + h] * acc;
 }
 
 // One workgroup per (query row i, head h): dA and R for the row.
@@ -128,15 +135,16 @@ fn values_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 fn scores_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let i = wid.x;
     let h = wid.y;
+    let r0 = wid.z * p.t;
     let lid = lid3.x;
-    let row = (h * p.t + i) * p.t;
+    let row = att_row(wid.z, h, i);
     let gs = head_scale[p.head_scale_off + h];
     // dA[i,j] = G_i·V_j (only j ≤ i matters: A is 0 above the diagonal); r = Σ_j A·dA
     var r = 0.0;
     for (var j = lid; j <= i; j += WG) {
         var da = 0.0;
         for (var d = 0u; d < p.hs; d++) {
-            da += dz[i * p.c + h * p.hs + d] * v_at(j, h, d);
+            da += dz[(r0 + i) * p.c + h * p.hs + d] * v_at(r0 + j, h, d);
         }
         da *= gs;
         ra_out[row + j] = da;
@@ -160,14 +168,15 @@ fn query_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (col >= p.c || i >= p.t) {
         return;
     }
+    let r0 = gid.z * p.t;
     let h = col / p.hs;
     let d = col % p.hs;
-    let row = (h * p.t + i) * p.t;
+    let row = att_row(gid.z, h, i);
     var acc = 0.0;
     for (var j = 0u; j <= i; j++) {
-        acc += ra[row + j] * k_at(j, h, d);
+        acc += ra[row + j] * k_at(r0 + j, h, d);
     }
-    dqkv[i * 3u * p.c + col] = acc;
+    dqkv[(r0 + i) * 3u * p.c + col] = acc;
 }
 
 // One invocation per (key row j, channel): dK[j] = Σ_{i ≥ j} R[i,j]·Q_i, dV[j] = Σ_i (A+η·M)[i,j]·G_i.
@@ -178,12 +187,13 @@ fn key_value_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (col >= p.c || j >= p.t) {
         return;
     }
+    let r0 = gid.z * p.t;
     let h = col / p.hs;
     let d = col % p.hs;
     let gs = head_scale[p.head_scale_off + h];
     var dk = 0.0;
     for (var i = j; i < p.t; i++) {
-        dk += ra[(h * p.t + i) * p.t + j] * q_at(i, h, d);
+        dk += ra[att_row(gid.z, h, i) + j] * q_at(r0 + i, h, d);
     }
     var i0 = j;
     if ((p.flags & HAS_PATCH) != 0u) {
@@ -191,8 +201,8 @@ fn key_value_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var dv = 0.0;
     for (var i = i0; i < p.t; i++) {
-        dv += used_att((h * p.t + i) * p.t + j) * dz[i * p.c + col];
+        dv += used_att(att_row(gid.z, h, i) + j) * dz[(r0 + i) * p.c + col];
     }
-    dqkv[j * 3u * p.c + p.c + col] = dk;
-    dqkv[j * 3u * p.c + 2u * p.c + col] = gs * dv;
+    dqkv[(r0 + j) * 3u * p.c + p.c + col] = dk;
+    dqkv[(r0 + j) * 3u * p.c + 2u * p.c + col] = gs * dv;
 }

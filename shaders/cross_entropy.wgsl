@@ -1,11 +1,12 @@
 // The loss on the logits of the loss rows, and its gradient (see src/loss.rs):
 //   loss_r    = lse_scale[r]·logsumexp(logits[r]) + Σ_{terms in row r} coef·logits[r, id]
 //   dlogits_r = lse_scale[r]·softmax(logits[r])   + Σ_{terms in row r} coef·onehot(id)
-// nll, ce and logit-diff are all this form. One workgroup per row; thread 0 adds the few sparse
-// terms after the dense softmax is written, so each element still has a single writer at a time.
+// nll, ce, logit-diff and the training loss are all this form. One workgroup per row; thread 0
+// adds the row's sparse terms (grouped by row: term_start is their CSR index) after the dense
+// softmax is written, so each element still has a single writer at a time.
 
 struct Params {
-    rows: u32, v: u32, n_terms: u32, _pad0: u32,
+    rows: u32, v: u32, _pad0: u32, _pad1: u32,
 }
 
 struct Term {
@@ -17,7 +18,8 @@ const WG: u32 = 64u;
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;          // (R, V)
 @group(0) @binding(2) var<storage, read> lse_scale: array<f32>;       // (R)
-@group(0) @binding(3) var<storage, read> terms: array<Term>;          // (n_terms)
+@group(0) @binding(3) var<storage, read> terms: array<Term>;          // (n_terms) sorted by row
+@group(0) @binding(6) var<storage, read> term_start: array<u32>;      // (R + 1)
 @group(0) @binding(4) var<storage, read_write> dlogits: array<f32>;   // (R, V)
 @group(0) @binding(5) var<storage, read_write> loss_rows: array<f32>; // (R)
 
@@ -64,12 +66,10 @@ fn loss_forward_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
     workgroupBarrier();
     if (lid == 0u) {
         var loss = a * lse;
-        for (var k = 0u; k < p.n_terms; k++) {
+        for (var k = term_start[r]; k < term_start[r + 1u]; k++) {
             let term = terms[k];
-            if (term.row == r) {
-                dlogits[base + term.id] += term.coef;
-                loss += term.coef * logits[base + term.id];
-            }
+            dlogits[base + term.id] += term.coef;
+            loss += term.coef * logits[base + term.id];
         }
         loss_rows[r] = loss;
     }

@@ -1,6 +1,7 @@
 // LayerNorm over the C channels of each row (eps from config.json, biased variance):
 //   forward   out = (x − mean)·rstd ⊙ w + b,  rstd = 1/sqrt(var + eps)
 //   backward  dx = dresidual + (g − mean(g) − x̂·mean(g ⊙ x̂))·rstd,  g = dout ⊙ w,  x̂ = (x − mean)·rstd
+//   weights   dw = Σ_rows dout ⊙ x̂,  db = Σ_rows dout   (differentiate out = x̂ ⊙ w + b in w and b)
 // One workgroup per row; the residual stream's gradient is added here so no separate pass is needed.
 // The backward reads dout only for rows [dout_row0, dout_row0 + dout_rows): ln_f's gradient exists
 // only at the loss rows, every other row's dout is zero.
@@ -25,6 +26,8 @@ const WG: u32 = 64u;
 @group(0) @binding(9) var<storage, read> dout: array<f32>;       // (dout_rows, C)
 @group(0) @binding(10) var<storage, read> dresidual: array<f32>; // (rows, C)
 @group(0) @binding(11) var<storage, read_write> dx: array<f32>;  // (rows, C)
+@group(0) @binding(12) var<storage, read_write> dw: array<f32>;  // (C)
+@group(0) @binding(13) var<storage, read_write> db: array<f32>;  // (C)
 
 var<workgroup> partial: array<f32, WG>;
 
@@ -105,4 +108,23 @@ fn layernorm_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
         }
         dx[base + i] = v;
     }
+}
+
+// One invocation per channel, summing over the rows that have a dout (a single writer per output).
+@compute @workgroup_size(64)
+fn layernorm_param_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let col = gid.x;
+    if (col >= p.c) {
+        return;
+    }
+    var sw = 0.0;
+    var sb = 0.0;
+    for (var k = 0u; k < p.dout_rows; k++) {
+        let row = p.dout_row0 + k;
+        let g = dout[k * p.c + col];
+        sw += g * (x[row * p.c + col] - mean[row]) * rstd[row];
+        sb += g;
+    }
+    dw[col] = sw;
+    db[col] = sb;
 }

@@ -1,6 +1,8 @@
 // Conv1D, the linear layer of GPT-2 (HF stores W as [in, out]):
-//   forward            y = x·W + b (+ residual)            → matmul_nn
-//   backward to input  dx = dy·Wᵀ  (differentiates y = x·W) → matmul_nt
+//   forward            y = x·W + b (+ residual)                  → matmul_nn
+//   backward to input  dx = dy·Wᵀ   (differentiates y = x·W in x) → matmul_nt
+//   weight gradient    dW = xᵀ·dy   (… in W)                      → matmul_tn
+//   bias gradient      db = Σ_rows dy  (differentiates y = … + b) → column_sum
 // Both are GEMMs C (M×N) = A (M×K) · B or A · Bᵀ with leading dimensions and element offsets, so the
 // same two kernels also serve the tied lm_head over vocabulary chunks: logits = x·wteᵀ (nt) and
 // dx = dlogits·wte (nn, accumulated over chunks).
@@ -26,26 +28,28 @@ const ACCUMULATE: u32 = 4u;    // C += previous C (sums over vocabulary chunks)
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
 
-fn store_row(row: u32, col0: u32, acc: vec4<f32>) {
-    if (row >= p.m) {
+// Writes C[row, col] = v + the epilogue (bias, residual, previous C), when inside C.
+fn store(row: u32, col: u32, v: f32) {
+    if (row >= p.m || col >= p.n) {
         return;
     }
+    let idx = p.c_off + row * p.ldc + col;
+    var out = v;
+    if ((p.flags & HAS_BIAS) != 0u) {
+        out += bias[col];
+    }
+    if ((p.flags & HAS_RESIDUAL) != 0u) {
+        out += residual[idx];
+    }
+    if ((p.flags & ACCUMULATE) != 0u) {
+        out += c[idx];
+    }
+    c[idx] = out;
+}
+
+fn store_row(row: u32, col0: u32, acc: vec4<f32>) {
     for (var j = 0u; j < 4u; j++) {
-        let col = col0 + j;
-        if (col < p.n) {
-            let idx = p.c_off + row * p.ldc + col;
-            var v = acc[j];
-            if ((p.flags & HAS_BIAS) != 0u) {
-                v += bias[col];
-            }
-            if ((p.flags & HAS_RESIDUAL) != 0u) {
-                v += residual[idx];
-            }
-            if ((p.flags & ACCUMULATE) != 0u) {
-                v += c[idx];
-            }
-            c[idx] = v;
-        }
+        store(row, col0 + j, acc[j]);
     }
 }
 
@@ -121,4 +125,50 @@ fn matmul_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
     store_row(row0 + 1u, col0, acc1);
     store_row(row0 + 2u, col0, acc2);
     store_row(row0 + 3u, col0, acc3);
+}
+
+// C = Aᵀ·B + epilogue, A is (K×M) and B (K×N) row-major, the sum running over their K rows:
+// dW = xᵀ·dy for a Conv1D weight (K = the B·T rows), and dwte = dlogitsᵀ·x for the tied lm_head.
+@compute @workgroup_size(8, 8)
+fn matmul_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row0 = gid.y * 4u;
+    let col0 = gid.x * 4u;
+    if (row0 >= p.m || col0 >= p.n) {
+        return;
+    }
+    let last_row = p.m - 1u;
+    let rows = vec4<u32>(row0, min(row0 + 1u, last_row), min(row0 + 2u, last_row), min(row0 + 3u, last_row));
+    let last_col = p.n - 1u;
+    let cols = vec4<u32>(col0, min(col0 + 1u, last_col), min(col0 + 2u, last_col), min(col0 + 3u, last_col));
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var kk = 0u; kk < p.k; kk++) {
+        let arow = p.a_off + kk * p.lda;
+        let brow = p.b_off + kk * p.ldb;
+        let bv = vec4<f32>(b[brow + cols.x], b[brow + cols.y], b[brow + cols.z], b[brow + cols.w]);
+        acc0 += a[arow + rows.x] * bv;
+        acc1 += a[arow + rows.y] * bv;
+        acc2 += a[arow + rows.z] * bv;
+        acc3 += a[arow + rows.w] * bv;
+    }
+    store_row(row0, col0, acc0);
+    store_row(row0 + 1u, col0, acc1);
+    store_row(row0 + 2u, col0, acc2);
+    store_row(row0 + 3u, col0, acc3);
+}
+
+// c[col] = Σ_{r < K} a[r·lda + col] for N columns: the bias gradient db = Σ_rows dy.
+@compute @workgroup_size(64)
+fn column_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let col = gid.x;
+    if (col >= p.n) {
+        return;
+    }
+    var acc = 0.0;
+    for (var r = 0u; r < p.k; r++) {
+        acc += a[p.a_off + r * p.lda + col];
+    }
+    store(0u, col, acc);
 }

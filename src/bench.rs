@@ -225,39 +225,50 @@ pub struct GemmRow {
     pub m: usize,
     pub k: usize,
     pub n: usize,
-    pub transpose_b: bool,
+    /// "nn", "nt" or "tn" (see `GemmOp`).
+    pub op: String,
     pub ms: f64,
     pub gflops: f64,
 }
 
 /// Times each GEMM shape of the model at sequence length `t` (forward y = x·W, backward dx = dy·Wᵀ,
-/// and the lm_head row), `reps` dispatches in one submit, best of 3 submits.
+/// weight gradients dW = xᵀ·dy as training runs them, and the lm_head row), `reps` dispatches in
+/// one submit, best of 3 submits.
 pub fn gemm_throughput(
     ctx: &GpuContext,
     cfg: &crate::model::GptConfig,
     t: usize,
     reps: usize,
 ) -> Result<Vec<GemmRow>> {
-    use crate::layers::linear::{Gemm, Linear, Operand};
+    use crate::layers::linear::{Gemm, GemmOp, Linear, Operand};
     use crate::layers::{execute, PlanBuilder};
     let linear = Linear::new(ctx);
     let (c, f, v) = (cfg.n_embd, cfg.n_inner, cfg.vocab_size);
-    // (name, M, K, N, transpose_b): C (M×N) = A (M×K) · B
-    let shapes: Vec<(&str, usize, usize, usize, bool)> = vec![
-        ("qkv  x·W_attn", t, c, 3 * c, false),
-        ("attn proj  z·W_o", t, c, c, false),
-        ("fc  x·W_fc", t, c, f, false),
-        ("fc proj  h·W_proj", t, f, c, false),
-        ("qkv bwd  dqkv·W_attnᵀ", t, 3 * c, c, true),
-        ("attn proj bwd  dm·W_oᵀ", t, c, c, true),
-        ("fc bwd  dh·W_fcᵀ", t, f, c, true),
-        ("fc proj bwd  dx·W_projᵀ", t, c, f, true),
-        ("lm_head row  x·wteᵀ", 1, c, v.min(32_768), true),
+    use GemmOp::{NN, NT, TN};
+    // (name, M, K, N, op): C (M×N) = op(A) (M×K) · op(B) (K×N)
+    let shapes: Vec<(&str, usize, usize, usize, GemmOp)> = vec![
+        ("qkv  x·W_attn", t, c, 3 * c, NN),
+        ("attn proj  z·W_o", t, c, c, NN),
+        ("fc  x·W_fc", t, c, f, NN),
+        ("fc proj  h·W_proj", t, f, c, NN),
+        ("qkv bwd  dqkv·W_attnᵀ", t, 3 * c, c, NT),
+        ("attn proj bwd  dm·W_oᵀ", t, c, c, NT),
+        ("fc bwd  dh·W_fcᵀ", t, f, c, NT),
+        ("fc proj bwd  dx·W_projᵀ", t, c, f, NT),
+        ("qkv dW  xᵀ·dqkv", c, t, 3 * c, TN),
+        ("fc dW  xᵀ·dh", c, t, f, TN),
+        ("fc proj dW  hᵀ·dx", f, t, c, TN),
+        ("lm_head row  x·wteᵀ", 1, c, v.min(32_768), NT),
     ];
     let mut rows = Vec::new();
-    for (name, m, k, n, tb) in shapes {
+    for (name, m, k, n, op) in shapes {
         let a = ctx.storage("a", 4 * (m * k) as u64);
         let b = ctx.storage("b", 4 * (k * n) as u64);
+        let (lda, ldb) = match op {
+            NN => (k, n),
+            NT => (k, k),
+            TN => (m, n),
+        };
         let out = ctx.storage("c", 4 * (m * n) as u64);
         let mut plan = PlanBuilder::new(ctx);
         for _ in 0..reps {
@@ -268,9 +279,9 @@ pub fn gemm_throughput(
                     m,
                     n,
                     k,
-                    a: Operand::new(&a, k),
-                    b: Operand::new(&b, if tb { k } else { n }),
-                    transpose_b: tb,
+                    a: Operand::new(&a, lda),
+                    b: Operand::new(&b, ldb),
+                    op,
                     c: Operand::new(&out, n),
                     bias: None,
                     residual: None,
@@ -292,7 +303,7 @@ pub fn gemm_throughput(
             m,
             k,
             n,
-            transpose_b: tb,
+            op: format!("{op:?}").to_lowercase(),
             ms: best,
             gflops,
         });

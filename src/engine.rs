@@ -1,10 +1,14 @@
-//! The scheduler: uploads a model once, allocates the activations once per sequence shape, and
+//! The scheduler: uploads a model once, allocates the activations once per batch shape, and
 //! records the whole forward + backward as one plan of dispatches (one encoder, one compute pass,
 //! one submit). Only the tensors the caller asks for are read back.
 //!
 //! prompt → `loss::Sequence` → embedding → L × (LN1 → c_attn → attention → c_proj + residual →
 //! LN2 → c_fc → gelu → c_proj + residual) → ln_f → lm_head at the loss rows → loss →
 //! the same layers backward → R per layer and head.
+//!
+//! Training (`run_batch` with gradients) runs the same plan on B right-padded sequences, with the
+//! loss on every position that has a target, and adds the weight gradients to the backward: each
+//! layer's weight gradient is recorded right after its input gradient, from the same buffers.
 
 use std::ops::Range;
 use std::time::Instant;
@@ -12,14 +16,14 @@ use std::time::Instant;
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::layers::attention::{Attention, AttentionBuffers, AttentionShape};
-use crate::layers::cross_entropy::{CrossEntropy, GpuTerm};
-use crate::layers::embedding::{Embedding, VocabChunk};
+use crate::layers::cross_entropy::{gpu_terms, CrossEntropy};
+use crate::layers::embedding::{token_index, Embedding, EmbeddingGrads, VocabChunk};
 use crate::layers::gelu::Gelu;
 use crate::layers::layernorm::{LayerNorm, LayerNormSaved};
-use crate::layers::linear::{Gemm, Linear, Operand};
+use crate::layers::linear::{Gemm, GemmOp, Linear, Operand};
 use crate::layers::{Plan, PlanBuilder};
-use crate::loss::Sequence;
-use crate::model::{GptConfig, Model, Tensor};
+use crate::loss::{LossPlan, Sequence, TrainBatch};
+use crate::model::{GptConfig, Model, Tensor, Weights};
 use crate::pass::{Backend, ForwardOptions, PassOutput, PassTimings, Readback};
 
 /// Every kernel, compiled once per engine.
@@ -70,7 +74,78 @@ struct GpuWeights {
     ln_f_b: wgpu::Buffer, // (C)
 }
 
+impl GpuLayer {
+    /// The 12 tensors in `LayerWeights::named` order.
+    fn buffers(&self) -> [&wgpu::Buffer; 12] {
+        [
+            &self.ln_1_w,
+            &self.ln_1_b,
+            &self.attn_w,
+            &self.attn_b,
+            &self.attn_proj_w,
+            &self.attn_proj_b,
+            &self.ln_2_w,
+            &self.ln_2_b,
+            &self.fc_w,
+            &self.fc_b,
+            &self.fc_proj_w,
+            &self.fc_proj_b,
+        ]
+    }
+}
+
 impl GpuWeights {
+    /// Every parameter buffer in `Weights::named` order (wte as one buffer: training requires a
+    /// single chunk).
+    fn buffers(&self) -> Vec<&wgpu::Buffer> {
+        let mut out = vec![&self.wte[0].buffer, &self.wpe];
+        for layer in &self.layers {
+            out.extend(layer.buffers());
+        }
+        out.push(&self.ln_f_w);
+        out.push(&self.ln_f_b);
+        out
+    }
+
+    /// Zero-filled buffers of the same shapes and chunking (the gradients).
+    fn zeros_like(ctx: &GpuContext, w: &GpuWeights, cfg: &GptConfig) -> Self {
+        let c = cfg.n_embd;
+        let z = |label: &str, b: &wgpu::Buffer| ctx.storage(label, b.size());
+        let layers = w
+            .layers
+            .iter()
+            .map(|l| GpuLayer {
+                ln_1_w: z("grad ln_1.weight", &l.ln_1_w),
+                ln_1_b: z("grad ln_1.bias", &l.ln_1_b),
+                attn_w: z("grad attn.c_attn.weight", &l.attn_w),
+                attn_b: z("grad attn.c_attn.bias", &l.attn_b),
+                attn_proj_w: z("grad attn.c_proj.weight", &l.attn_proj_w),
+                attn_proj_b: z("grad attn.c_proj.bias", &l.attn_proj_b),
+                ln_2_w: z("grad ln_2.weight", &l.ln_2_w),
+                ln_2_b: z("grad ln_2.bias", &l.ln_2_b),
+                fc_w: z("grad mlp.c_fc.weight", &l.fc_w),
+                fc_b: z("grad mlp.c_fc.bias", &l.fc_b),
+                fc_proj_w: z("grad mlp.c_proj.weight", &l.fc_proj_w),
+                fc_proj_b: z("grad mlp.c_proj.bias", &l.fc_proj_b),
+            })
+            .collect();
+        GpuWeights {
+            wte: w
+                .wte
+                .iter()
+                .map(|chunk| VocabChunk {
+                    buffer: ctx.storage("grad wte chunk", (4 * chunk.rows * c) as u64),
+                    row0: chunk.row0,
+                    rows: chunk.rows,
+                })
+                .collect(),
+            wpe: z("grad wpe", &w.wpe),
+            layers,
+            ln_f_w: z("grad ln_f.weight", &w.ln_f_w),
+            ln_f_b: z("grad ln_f.bias", &w.ln_f_b),
+        }
+    }
+
     fn upload(ctx: &GpuContext, model: &Model) -> Result<Self> {
         let w = &model.weights;
         let up = |name: &str, t: &Tensor| ctx.upload(name, t.data());
@@ -122,216 +197,225 @@ impl GpuWeights {
 /// What a plan depends on; a new key means new buffers and a new plan.
 #[derive(Debug, Clone, PartialEq)]
 struct PlanKey {
+    /// Sequences in the batch (1 for RA on one prompt).
+    b: usize,
+    /// Tokens per sequence.
     t: usize,
+    /// Rows of the (B·T) row space whose logits the loss reads.
     rows: Range<usize>,
-    n_terms: usize,
+    /// Room for this many loss terms (the count itself changes from batch to batch).
+    terms_capacity: usize,
     /// η when patching (η is baked into the plan's parameters).
     patch: Option<f32>,
     backward: bool,
+    /// Also the gradient of every parameter (training).
+    weight_grads: bool,
 }
 
 /// LayerNorm statistics of one LayerNorm instance.
 struct LnStats {
-    mean: wgpu::Buffer, // (T)
-    rstd: wgpu::Buffer, // (T)
+    mean: wgpu::Buffer, // (B·T)
+    rstd: wgpu::Buffer, // (B·T)
+}
+
+/// A per-layer activation that only the weight gradients read again: one buffer per layer when
+/// they are computed, else one scratch buffer every layer overwrites.
+struct LayerSlots(Vec<wgpu::Buffer>);
+
+impl LayerSlots {
+    fn new(ctx: &GpuContext, label: &str, floats: usize, layers: usize, keep: bool) -> Self {
+        let n = if keep { layers } else { 1 };
+        LayerSlots(
+            (0..n)
+                .map(|_| ctx.storage(label, 4 * floats as u64))
+                .collect(),
+        )
+    }
+
+    fn at(&self, layer: usize) -> &wgpu::Buffer {
+        &self.0[layer.min(self.0.len() - 1)]
+    }
 }
 
 /// Buffers for one (model, plan key), allocated once and reused by every call with that key.
 /// Only what the activation backward reads is kept per layer; the rest is shared scratch.
+/// N = B·T rows.
 struct Workspace {
     key: PlanKey,
     // per-call inputs
-    ids: wgpu::Buffer,        // (T) u32
-    head_scale: wgpu::Buffer, // (L, NH)
-    lse_scale: wgpu::Buffer,  // (R)
-    terms: wgpu::Buffer,      // (n_terms) GpuTerm
-    patch: Vec<wgpu::Buffer>, // L × (NH, T, T), only when patching
+    ids: wgpu::Buffer,         // (N) u32
+    head_scale: wgpu::Buffer,  // (L, NH)
+    lse_scale: wgpu::Buffer,   // (R)
+    terms: wgpu::Buffer,       // (terms_capacity) GpuTerm, grouped by row
+    term_start: wgpu::Buffer,  // (R + 1) u32: row r's terms are terms[start[r]..start[r + 1]]
+    patch: Vec<wgpu::Buffer>,  // L × (B, NH, T, T), only when patching
+    token_start: wgpu::Buffer, // (V + 1) u32, ids grouped by token (weight gradients only)
+    token_rows: wgpu::Buffer,  // (N) u32
     // forward, kept for the backward
-    hidden: Vec<wgpu::Buffer>, // L+1 × (T, C): input of block l; hidden[L] is ln_f's input
+    hidden: Vec<wgpu::Buffer>, // L+1 × (N, C): input of block l; hidden[L] is ln_f's input
     ln_1: Vec<LnStats>,        // L
-    qkv: Vec<wgpu::Buffer>,    // L × (T, 3C)
-    att: Vec<wgpu::Buffer>,    // L × (NH, T, T)
-    mid: Vec<wgpu::Buffer>,    // L × (T, C) residual stream after attention
+    qkv: Vec<wgpu::Buffer>,    // L × (N, 3C)
+    att: Vec<wgpu::Buffer>,    // L × (B, NH, T, T)
+    mid: Vec<wgpu::Buffer>,    // L × (N, C) residual stream after attention
     ln_2: Vec<LnStats>,        // L
-    fc_pre: Vec<wgpu::Buffer>, // L × (T, F) c_fc output, gelu's input
+    fc_pre: Vec<wgpu::Buffer>, // L × (N, F) c_fc output, gelu's input
     ln_f: LnStats,
-    // forward scratch (only weight gradients would need these per layer)
-    ln_out: wgpu::Buffer, // (T, C)
-    z: wgpu::Buffer,      // (T, C) concatenated head outputs
-    fc_act: wgpu::Buffer, // (T, F)
+    // forward inputs of the four Conv1Ds, per layer only when their weight gradients are needed
+    ln_1_out: LayerSlots, // (N, C) LN1 output, c_attn's input
+    z: LayerSlots,        // (N, C) concatenated head outputs, attn c_proj's input
+    ln_2_out: LayerSlots, // (N, C) LN2 output, c_fc's input
+    fc_act: LayerSlots,   // (N, F) gelu output, mlp c_proj's input
+    ln_f_out: wgpu::Buffer, // (N, C) the lm_head's input
     // loss
     logits: wgpu::Buffer,    // (R, V)
     dlogits: wgpu::Buffer,   // (R, V)
     loss_rows: wgpu::Buffer, // (R)
     // backward
     dln_f_rows: wgpu::Buffer,   // (R, C)
-    dhidden: Vec<wgpu::Buffer>, // L+1 × (T, C): dL/dhidden[l]
-    d_fc_act: wgpu::Buffer,     // (T, F)
-    d_fc_pre: wgpu::Buffer,     // (T, F)
-    d_ln: wgpu::Buffer,         // (T, C) gradient at a LayerNorm's output
-    dmid: wgpu::Buffer,         // (T, C)
-    dz: wgpu::Buffer,           // (T, C) G, the gradient at c_proj's input
-    dqkv: wgpu::Buffer,         // (T, 3C)
-    ra: Vec<wgpu::Buffer>,      // L × (NH, T, T)
+    dhidden: Vec<wgpu::Buffer>, // L+1 × (N, C): dL/dhidden[l]
+    d_fc_act: wgpu::Buffer,     // (N, F)
+    d_fc_pre: wgpu::Buffer,     // (N, F)
+    d_ln: wgpu::Buffer,         // (N, C) gradient at a LayerNorm's output
+    dmid: wgpu::Buffer,         // (N, C)
+    dz: wgpu::Buffer,           // (N, C) G, the gradient at c_proj's input
+    dqkv: wgpu::Buffer,         // (N, 3C)
+    ra: Vec<wgpu::Buffer>,      // L × (B, NH, T, T)
     plan: Plan,
 }
 
 impl Workspace {
-    fn new(ctx: &GpuContext, k: &Kernels, w: &GpuWeights, cfg: &GptConfig, key: PlanKey) -> Self {
-        let (t, c, f, nh, v) = (key.t, cfg.n_embd, cfg.n_inner, cfg.n_head, cfg.vocab_size);
-        let (nl, r) = (cfg.n_layer, key.rows.len());
-        let buf = |label: &str, n: usize| ctx.storage(label, 4 * n as u64);
-        let per_layer = |label: &str, n: usize| (0..nl).map(|_| buf(label, n)).collect::<Vec<_>>();
+    fn new(
+        ctx: &GpuContext,
+        k: &Kernels,
+        w: &GpuWeights,
+        grads: Option<&GpuWeights>,
+        cfg: &GptConfig,
+        key: PlanKey,
+    ) -> Self {
+        let (c, f, nh, v) = (cfg.n_embd, cfg.n_inner, cfg.n_head, cfg.vocab_size);
+        let (nl, r, n) = (cfg.n_layer, key.rows.len(), key.b * key.t);
+        let att_len = key.b * nh * key.t * key.t;
+        let buf = |label: &str, floats: usize| ctx.storage(label, 4 * floats as u64);
+        let per_layer = |label: &str, floats: usize| (0..nl).map(|_| buf(label, floats)).collect();
         let stats = |label: &str| LnStats {
-            mean: buf(label, t),
-            rstd: buf(label, t),
+            mean: buf(label, n),
+            rstd: buf(label, n),
         };
-        let ws_inputs = (
-            buf("ids", t),
-            buf("head_scale", nl * nh),
-            buf("lse_scale", r),
-            buf("terms", 4 * key.n_terms.max(1)),
-            if key.patch.is_some() {
-                per_layer("patch", nh * t * t)
+        let (bwd, wg) = (key.backward, key.weight_grads);
+        let slots = |label: &str, floats: usize| LayerSlots::new(ctx, label, floats, nl, wg);
+        let mut ws = Workspace {
+            ids: buf("ids", n),
+            head_scale: buf("head_scale", nl * nh),
+            lse_scale: buf("lse_scale", r),
+            terms: buf("terms", 4 * key.terms_capacity.max(1)),
+            term_start: buf("term_start", r + 1),
+            patch: if key.patch.is_some() {
+                per_layer("patch", att_len)
             } else {
                 Vec::new()
             },
-        );
-        let mut ws = Workspace {
-            ids: ws_inputs.0,
-            head_scale: ws_inputs.1,
-            lse_scale: ws_inputs.2,
-            terms: ws_inputs.3,
-            patch: ws_inputs.4,
-            hidden: (0..=nl).map(|_| buf("hidden", t * c)).collect(),
+            token_start: buf("token_start", if wg { v + 1 } else { 1 }),
+            token_rows: buf("token_rows", if wg { n } else { 1 }),
+            hidden: (0..=nl).map(|_| buf("hidden", n * c)).collect(),
             ln_1: (0..nl).map(|_| stats("ln_1 stats")).collect(),
-            qkv: per_layer("qkv", t * 3 * c),
-            att: per_layer("att", nh * t * t),
-            mid: per_layer("mid", t * c),
+            qkv: per_layer("qkv", n * 3 * c),
+            att: per_layer("att", att_len),
+            mid: per_layer("mid", n * c),
             ln_2: (0..nl).map(|_| stats("ln_2 stats")).collect(),
-            fc_pre: per_layer("fc_pre", t * f),
+            fc_pre: per_layer("fc_pre", n * f),
             ln_f: stats("ln_f stats"),
-            ln_out: buf("ln_out", t * c),
-            z: buf("z", t * c),
-            fc_act: buf("fc_act", t * f),
+            ln_1_out: slots("ln_1_out", n * c),
+            z: slots("z", n * c),
+            ln_2_out: slots("ln_2_out", n * c),
+            fc_act: slots("fc_act", n * f),
+            ln_f_out: buf("ln_f_out", n * c),
             logits: buf("logits", r * v),
             dlogits: buf("dlogits", r * v),
             loss_rows: buf("loss_rows", r),
             dln_f_rows: buf("dln_f_rows", r * c),
-            dhidden: if key.backward {
-                (0..=nl).map(|_| buf("dhidden", t * c)).collect()
+            dhidden: if bwd {
+                (0..=nl).map(|_| buf("dhidden", n * c)).collect()
             } else {
                 Vec::new()
             },
-            d_fc_act: buf("d_fc_act", if key.backward { t * f } else { 1 }),
-            d_fc_pre: buf("d_fc_pre", if key.backward { t * f } else { 1 }),
-            d_ln: buf("d_ln", t * c),
-            dmid: buf("dmid", t * c),
-            dz: buf("dz", t * c),
-            dqkv: buf("dqkv", t * 3 * c),
-            ra: if key.backward {
-                per_layer("ra", nh * t * t)
-            } else {
-                Vec::new()
-            },
+            d_fc_act: buf("d_fc_act", if bwd { n * f } else { 1 }),
+            d_fc_pre: buf("d_fc_pre", if bwd { n * f } else { 1 }),
+            d_ln: buf("d_ln", if bwd { n * c } else { 1 }),
+            dmid: buf("dmid", if bwd { n * c } else { 1 }),
+            dz: buf("dz", if bwd { n * c } else { 1 }),
+            dqkv: buf("dqkv", if bwd { n * 3 * c } else { 1 }),
+            ra: if bwd { per_layer("ra", att_len) } else { Vec::new() },
             plan: PlanBuilder::new(ctx).finish(),
             key,
         };
-        ws.plan = ws.build_plan(ctx, k, w, cfg);
+        ws.plan = ws.build_plan(ctx, k, w, grads, cfg);
         ws
     }
 
-    fn build_plan(&self, ctx: &GpuContext, k: &Kernels, w: &GpuWeights, cfg: &GptConfig) -> Plan {
+    fn build_plan(
+        &self,
+        ctx: &GpuContext,
+        k: &Kernels,
+        w: &GpuWeights,
+        grads: Option<&GpuWeights>,
+        cfg: &GptConfig,
+    ) -> Plan {
         let key = &self.key;
-        let (t, c, f, nh, v) = (key.t, cfg.n_embd, cfg.n_inner, cfg.n_head, cfg.vocab_size);
-        let r = key.rows.len();
+        let (b, t, c, f, nh, v) = (key.b, key.t, cfg.n_embd, cfg.n_inner, cfg.n_head, cfg.vocab_size);
+        let (n, r) = (b * t, key.rows.len());
         let eps = cfg.layer_norm_epsilon as f32;
+        let grads = grads.filter(|_| key.weight_grads);
         let mut plan = PlanBuilder::new(ctx);
         let p = &mut plan;
+        let ln = &k.layernorm;
+        let shape = |layer| AttentionShape {
+            b,
+            t,
+            c,
+            nh,
+            layer,
+        };
 
         // ---- forward ----
         k.embedding
-            .forward(p, &self.hidden[0], &self.ids, &w.wte, &w.wpe, (t, c));
+            .forward(p, &self.hidden[0], &self.ids, &w.wte, &w.wpe, (b, t, c));
         for (l, lw) in w.layers.iter().enumerate() {
             let (h_in, h_out) = (&self.hidden[l], &self.hidden[l + 1]);
             let (ln1, ln2) = (&self.ln_1[l], &self.ln_2[l]);
-            let ln = &k.layernorm;
-            ln.forward(
-                p,
-                &self.ln_out,
-                &ln1.mean,
-                &ln1.rstd,
-                h_in,
-                &lw.ln_1_w,
-                &lw.ln_1_b,
-                (t, c),
-                eps,
-            );
-            k.linear.forward(
-                p,
-                &self.qkv[l],
-                &self.ln_out,
-                &lw.attn_w,
-                Some(&lw.attn_b),
-                None,
-                (t, c, 3 * c),
-            );
-            let ab = self.attention_buffers(l);
-            k.attention
-                .forward(p, &self.z, &ab, AttentionShape { t, c, nh, layer: l });
+            let (ln_1_out, z) = (self.ln_1_out.at(l), self.z.at(l));
+            let (ln_2_out, fc_act) = (self.ln_2_out.at(l), self.fc_act.at(l));
+            ln.forward(p, ln_1_out, &ln1.mean, &ln1.rstd, h_in, &lw.ln_1_w, &lw.ln_1_b, (n, c), eps);
+            k.linear
+                .forward(p, &self.qkv[l], ln_1_out, &lw.attn_w, Some(&lw.attn_b), None, (n, c, 3 * c));
+            k.attention.forward(p, z, &self.attention_buffers(l), shape(l));
             k.linear.forward(
                 p,
                 &self.mid[l],
-                &self.z,
+                z,
                 &lw.attn_proj_w,
                 Some(&lw.attn_proj_b),
                 Some(h_in),
-                (t, c, c),
+                (n, c, c),
             );
-            ln.forward(
-                p,
-                &self.ln_out,
-                &ln2.mean,
-                &ln2.rstd,
-                &self.mid[l],
-                &lw.ln_2_w,
-                &lw.ln_2_b,
-                (t, c),
-                eps,
-            );
-            k.linear.forward(
-                p,
-                &self.fc_pre[l],
-                &self.ln_out,
-                &lw.fc_w,
-                Some(&lw.fc_b),
-                None,
-                (t, c, f),
-            );
-            k.gelu.forward(p, &self.fc_act, &self.fc_pre[l], t * f);
+            ln.forward(p, ln_2_out, &ln2.mean, &ln2.rstd, &self.mid[l], &lw.ln_2_w, &lw.ln_2_b, (n, c), eps);
+            k.linear
+                .forward(p, &self.fc_pre[l], ln_2_out, &lw.fc_w, Some(&lw.fc_b), None, (n, c, f));
+            k.gelu.forward(p, fc_act, &self.fc_pre[l], n * f);
             k.linear.forward(
                 p,
                 h_out,
-                &self.fc_act,
+                fc_act,
                 &lw.fc_proj_w,
                 Some(&lw.fc_proj_b),
                 Some(&self.mid[l]),
-                (t, f, c),
+                (n, f, c),
             );
         }
         let h_last = &self.hidden[cfg.n_layer];
-        k.layernorm.forward(
-            p,
-            &self.ln_out,
-            &self.ln_f.mean,
-            &self.ln_f.rstd,
-            h_last,
-            &w.ln_f_w,
-            &w.ln_f_b,
-            (t, c),
-            eps,
-        );
+        let lnf = &self.ln_f;
+        ln.forward(p, &self.ln_f_out, &lnf.mean, &lnf.rstd, h_last, &w.ln_f_w, &w.ln_f_b, (n, c), eps);
         // Tied lm_head at the loss rows only: logits (R, V) = ln_f(h)[rows] · wteᵀ, one GEMM per chunk.
+        let ln_f_rows = Operand::new(&self.ln_f_out, c).at(key.rows.start * c);
         for chunk in &w.wte {
             k.linear.gemm(
                 p,
@@ -340,9 +424,9 @@ impl Workspace {
                     m: r,
                     n: chunk.rows,
                     k: c,
-                    a: Operand::new(&self.ln_out, c).at(key.rows.start * c),
+                    a: ln_f_rows,
                     b: Operand::new(&chunk.buffer, c),
-                    transpose_b: true,
+                    op: GemmOp::NT,
                     c: Operand::new(&self.logits, v).at(chunk.row0),
                     bias: None,
                     residual: None,
@@ -356,15 +440,15 @@ impl Workspace {
             &self.dlogits,
             &self.logits,
             &self.lse_scale,
-            &self.terms,
-            (r, v, key.n_terms),
+            (&self.terms, &self.term_start),
+            (r, v),
         );
         if !key.backward {
             return plan.finish();
         }
 
         // ---- backward ----
-        // dln_f_rows (R, C) = dlogits · wte, differentiating logits = x·wteᵀ; summed over chunks.
+        // dln_f_rows (R, C) = dlogits · wte, differentiating logits = x·wteᵀ in x; summed over chunks.
         for (i, chunk) in w.wte.iter().enumerate() {
             k.linear.gemm(
                 p,
@@ -375,7 +459,7 @@ impl Workspace {
                     k: chunk.rows,
                     a: Operand::new(&self.dlogits, v).at(chunk.row0),
                     b: Operand::new(&chunk.buffer, c),
-                    transpose_b: false,
+                    op: GemmOp::NN,
                     c: Operand::new(&self.dln_f_rows, c),
                     bias: None,
                     residual: None,
@@ -383,74 +467,114 @@ impl Workspace {
                 },
             );
         }
+        if let Some(g) = grads {
+            // dwte (V, C) = dlogitsᵀ · x, differentiating logits = x·wteᵀ in wte (the embedding's
+            // share is added at the end).
+            for (chunk, dchunk) in w.wte.iter().zip(&g.wte) {
+                k.linear.gemm(
+                    p,
+                    "lm_head_backward_weight",
+                    &Gemm {
+                        m: chunk.rows,
+                        n: c,
+                        k: r,
+                        a: Operand::new(&self.dlogits, v).at(chunk.row0),
+                        b: ln_f_rows,
+                        op: GemmOp::TN,
+                        c: Operand::new(&dchunk.buffer, c),
+                        bias: None,
+                        residual: None,
+                        accumulate: false,
+                    },
+                );
+            }
+        }
         let saved = LayerNormSaved {
             x: h_last,
-            mean: &self.ln_f.mean,
-            rstd: &self.ln_f.rstd,
+            mean: &lnf.mean,
+            rstd: &lnf.rstd,
             w: &w.ln_f_w,
         };
-        k.layernorm.backward(
-            p,
-            &self.dhidden[cfg.n_layer],
-            None,
-            &self.dln_f_rows,
-            key.rows.clone(),
-            &saved,
-            (t, c),
-        );
+        ln.backward(p, &self.dhidden[cfg.n_layer], None, &self.dln_f_rows, key.rows.clone(), &saved, (n, c));
+        if let Some(g) = grads {
+            ln.backward_params(p, &g.ln_f_w, &g.ln_f_b, &self.dln_f_rows, key.rows.clone(), &saved, c);
+        }
         for (l, lw) in w.layers.iter().enumerate().rev() {
             let dh_out = &self.dhidden[l + 1];
+            let lg = grads.map(|g| &g.layers[l]);
             // MLP: h_out = mid + gelu(LN2(mid)·W_fc + b_fc)·W_proj + b_proj
             k.linear
-                .backward_input(p, &self.d_fc_act, dh_out, &lw.fc_proj_w, (t, f, c));
+                .backward_input(p, &self.d_fc_act, dh_out, &lw.fc_proj_w, (n, f, c));
+            if let Some(lg) = lg {
+                k.linear
+                    .backward_weights(p, &lg.fc_proj_w, &lg.fc_proj_b, self.fc_act.at(l), dh_out, (n, f, c));
+            }
             k.gelu
-                .backward(p, &self.d_fc_pre, &self.d_fc_act, &self.fc_pre[l], t * f);
+                .backward(p, &self.d_fc_pre, &self.d_fc_act, &self.fc_pre[l], n * f);
             k.linear
-                .backward_input(p, &self.d_ln, &self.d_fc_pre, &lw.fc_w, (t, c, f));
+                .backward_input(p, &self.d_ln, &self.d_fc_pre, &lw.fc_w, (n, c, f));
+            if let Some(lg) = lg {
+                k.linear
+                    .backward_weights(p, &lg.fc_w, &lg.fc_b, self.ln_2_out.at(l), &self.d_fc_pre, (n, c, f));
+            }
             let saved = LayerNormSaved {
                 x: &self.mid[l],
                 mean: &self.ln_2[l].mean,
                 rstd: &self.ln_2[l].rstd,
                 w: &lw.ln_2_w,
             };
-            k.layernorm.backward(
-                p,
-                &self.dmid,
-                Some(dh_out),
-                &self.d_ln,
-                0..t,
-                &saved,
-                (t, c),
-            );
+            ln.backward(p, &self.dmid, Some(dh_out), &self.d_ln, 0..n, &saved, (n, c));
+            if let Some(lg) = lg {
+                ln.backward_params(p, &lg.ln_2_w, &lg.ln_2_b, &self.d_ln, 0..n, &saved, c);
+            }
             // Attention: mid = h_in + Z·W_o + b_o;  G = dmid·W_oᵀ
             k.linear
-                .backward_input(p, &self.dz, &self.dmid, &lw.attn_proj_w, (t, c, c));
-            let ab = self.attention_buffers(l);
+                .backward_input(p, &self.dz, &self.dmid, &lw.attn_proj_w, (n, c, c));
+            if let Some(lg) = lg {
+                k.linear.backward_weights(
+                    p,
+                    &lg.attn_proj_w,
+                    &lg.attn_proj_b,
+                    self.z.at(l),
+                    &self.dmid,
+                    (n, c, c),
+                );
+            }
             k.attention.backward(
                 p,
                 &self.ra[l],
                 &self.dqkv,
                 &self.dz,
-                &ab,
-                AttentionShape { t, c, nh, layer: l },
+                &self.attention_buffers(l),
+                shape(l),
             );
             k.linear
-                .backward_input(p, &self.d_ln, &self.dqkv, &lw.attn_w, (t, c, 3 * c));
+                .backward_input(p, &self.d_ln, &self.dqkv, &lw.attn_w, (n, c, 3 * c));
+            if let Some(lg) = lg {
+                k.linear
+                    .backward_weights(p, &lg.attn_w, &lg.attn_b, self.ln_1_out.at(l), &self.dqkv, (n, c, 3 * c));
+            }
             let saved = LayerNormSaved {
                 x: &self.hidden[l],
                 mean: &self.ln_1[l].mean,
                 rstd: &self.ln_1[l].rstd,
                 w: &lw.ln_1_w,
             };
-            k.layernorm.backward(
-                p,
-                &self.dhidden[l],
-                Some(&self.dmid),
-                &self.d_ln,
-                0..t,
-                &saved,
-                (t, c),
-            );
+            ln.backward(p, &self.dhidden[l], Some(&self.dmid), &self.d_ln, 0..n, &saved, (n, c));
+            if let Some(lg) = lg {
+                ln.backward_params(p, &lg.ln_1_w, &lg.ln_1_b, &self.d_ln, 0..n, &saved, c);
+            }
+        }
+        if let Some(g) = grads {
+            // h_0 = wte[ids] + wpe[t]: dwte += the rows of dh_0 by token, dwpe = Σ_b dh_0.
+            let eg = EmbeddingGrads {
+                dh: &self.dhidden[0],
+                token_start: &self.token_start,
+                token_rows: &self.token_rows,
+                dwte: &g.wte,
+                dwpe: &g.wpe,
+            };
+            k.embedding.backward(p, &eg, true, (b, t, c, cfg.n_positions));
         }
         plan.finish()
     }
@@ -465,13 +589,33 @@ impl Workspace {
     }
 }
 
-/// A model on the GPU, ready to run many prompts.
+/// A model on the GPU, ready to run many prompts (and, with gradients, to be trained).
 pub struct Engine {
     pub ctx: GpuContext,
     pub config: GptConfig,
     kernels: Kernels,
     weights: GpuWeights,
-    workspace: Option<Workspace>,
+    /// dL/dθ for every parameter, allocated by the first pass that computes them.
+    grads: Option<GpuWeights>,
+    /// Workspaces by plan key, most recently used last; at most `workspace_limit`.
+    workspaces: Vec<Workspace>,
+    workspace_limit: usize,
+}
+
+/// One parameter tensor on the GPU with its gradient buffer (see [`Engine::parameters`]).
+pub struct Parameter<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub value: &'a wgpu::Buffer,
+    pub grad: &'a wgpu::Buffer,
+}
+
+/// The loss of a batch and, when asked, the logits of all its B·T rows.
+pub struct BatchOutput {
+    pub loss: f64,
+    /// (B·T, V)
+    pub logits: Option<Vec<f32>>,
+    pub timings: PassTimings,
 }
 
 impl Engine {
@@ -485,42 +629,93 @@ impl Engine {
             config: model.config.clone(),
             kernels,
             weights,
-            workspace: None,
+            grads: None,
+            workspaces: Vec::new(),
+            workspace_limit: 1,
         })
     }
 
-    fn prepare(&mut self, seq: &Sequence, options: &ForwardOptions, backward: bool) {
-        let key = PlanKey {
-            t: seq.len(),
-            rows: seq.loss.rows.clone(),
-            n_terms: seq.loss.terms.len(),
-            patch: options.patch.as_ref().map(|p| p.eta),
-            backward,
-        };
-        if self.workspace.as_ref().is_none_or(|ws| ws.key != key) {
-            self.workspace = None; // free the old buffers before allocating new ones
-            let ws = Workspace::new(&self.ctx, &self.kernels, &self.weights, &self.config, key);
-            self.workspace = Some(ws);
+    /// How many batch shapes keep their buffers and plans between calls (default 1: one prompt
+    /// shape at a time, the least memory). Training with a few padded lengths wants more.
+    pub fn keep_workspaces(&mut self, limit: usize) {
+        self.workspace_limit = limit.max(1);
+        let excess = self.workspaces.len().saturating_sub(self.workspace_limit);
+        self.workspaces.drain(..excess);
+    }
+
+    fn workspace(&self) -> &Workspace {
+        self.workspaces.last().expect("prepared")
+    }
+
+    /// Builds (or reuses) the workspace for `key` and uploads the per-call inputs.
+    fn prepare(&mut self, key: PlanKey, ids: &[u32], loss: &LossPlan, options: &ForwardOptions) {
+        if key.weight_grads && self.grads.is_none() {
+            self.grads = Some(GpuWeights::zeros_like(&self.ctx, &self.weights, &self.config));
         }
-        let ws = self.workspace.as_ref().expect("workspace was just built");
+        if let Some(i) = self.workspaces.iter().position(|ws| ws.key == key) {
+            let ws = self.workspaces.remove(i);
+            self.workspaces.push(ws);
+        } else {
+            // Free the least recently used buffers before allocating new ones.
+            let excess = (self.workspaces.len() + 1).saturating_sub(self.workspace_limit);
+            self.workspaces.drain(..excess);
+            let ws = Workspace::new(
+                &self.ctx,
+                &self.kernels,
+                &self.weights,
+                self.grads.as_ref(),
+                &self.config,
+                key,
+            );
+            self.workspaces.push(ws);
+        }
+        let ws = self.workspace();
         let q = &self.ctx.queue;
-        q.write_buffer(&ws.ids, 0, bytemuck::cast_slice(&seq.ids));
+        q.write_buffer(&ws.ids, 0, bytemuck::cast_slice(ids));
         q.write_buffer(
             &ws.head_scale,
             0,
             bytemuck::cast_slice(&options.head_scale(&self.config)),
         );
-        q.write_buffer(&ws.lse_scale, 0, bytemuck::cast_slice(&seq.loss.lse_scale));
-        let terms: Vec<GpuTerm> = seq.loss.terms.iter().map(GpuTerm::from).collect();
+        q.write_buffer(&ws.lse_scale, 0, bytemuck::cast_slice(&loss.lse_scale));
+        let (terms, term_start) = gpu_terms(&loss.terms, loss.rows.len());
         if !terms.is_empty() {
             q.write_buffer(&ws.terms, 0, bytemuck::cast_slice(&terms));
         }
+        q.write_buffer(&ws.term_start, 0, bytemuck::cast_slice(&term_start));
+        if ws.key.weight_grads {
+            let (start, rows) = token_index(ids, self.config.vocab_size);
+            q.write_buffer(&ws.token_start, 0, bytemuck::cast_slice(&start));
+            q.write_buffer(&ws.token_rows, 0, bytemuck::cast_slice(&rows));
+        }
         if let Some(p) = &options.patch {
-            let per_layer = self.config.n_head * seq.len() * seq.len();
+            let per_layer = self.config.n_head * ids.len() * ids.len();
             for (buf, maps) in ws.patch.iter().zip(p.maps.chunks(per_layer)) {
                 q.write_buffer(buf, 0, bytemuck::cast_slice(maps));
             }
         }
+    }
+
+    /// Records the prepared plan (and `after`, e.g. an optimizer step) into one compute pass,
+    /// submits it and waits. Returns (record time, compute time) in ms.
+    fn execute(&self, label: &str, after: Option<&Plan>) -> Result<(Instant, Instant)> {
+        let ws = self.workspace();
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(label),
+                timestamp_writes: None,
+            });
+            ws.plan.record(&mut pass);
+            if let Some(after) = after {
+                after.record(&mut pass);
+            }
+        }
+        let recorded = Instant::now();
+        self.ctx.queue.submit([enc.finish()]);
+        self.ctx.wait()?;
+        self.ctx.check(label)?;
+        Ok((recorded, Instant::now()))
     }
 
     /// Runs the pass and reads back what `readback` asks for.
@@ -532,22 +727,19 @@ impl Engine {
     ) -> Result<PassOutput> {
         crate::pass::validate(&self.config, seq, options)?;
         let t0 = Instant::now();
-        self.prepare(seq, options, readback.backward);
+        let key = PlanKey {
+            b: 1,
+            t: seq.len(),
+            rows: seq.loss.rows.clone(),
+            terms_capacity: seq.loss.terms.len(),
+            patch: options.patch.as_ref().map(|p| p.eta),
+            backward: readback.backward,
+            weight_grads: false,
+        };
+        self.prepare(key, &seq.ids, &seq.loss, options);
         self.ctx.check("preparing the pass")?;
-        let ws = self.workspace.as_ref().expect("prepared");
-        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("revattn forward + backward"),
-                timestamp_writes: None,
-            });
-            ws.plan.record(&mut pass);
-        }
-        let t1 = Instant::now();
-        self.ctx.queue.submit([enc.finish()]);
-        self.ctx.wait()?;
-        self.ctx.check("running the pass")?;
-        let t2 = Instant::now();
+        let (t1, t2) = self.execute("revattn forward + backward", None)?;
+        let ws = self.workspace();
 
         let (t, r, v) = (seq.len(), seq.loss.rows.len(), self.config.vocab_size);
         let (nl, nh, c) = (self.config.n_layer, self.config.n_head, self.config.n_embd);
@@ -573,19 +765,194 @@ impl Engine {
         let reversed_attention = want_ra.then(|| concat(nl));
         let hidden_grads = want_dh.then(|| concat(nl + 1));
         let t3 = Instant::now();
-        let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
         Ok(PassOutput {
             loss: loss_rows.iter().map(|&x| x as f64).sum(),
             logits,
             attention,
             reversed_attention,
             hidden_grads,
-            timings: PassTimings {
-                prepare_ms: ms(t0, t1),
-                compute_ms: ms(t1, t2),
-                readback_ms: ms(t2, t3),
-            },
+            timings: timings(t0, t1, t2, t3),
         })
+    }
+
+    /// A batch of B right-padded sequences: the loss (mean NLL over the positions with a target),
+    /// and with `gradients` the gradient of every parameter into the engine's gradient buffers.
+    /// `after` is recorded into the same compute pass (the optimizer step); `read_logits` brings
+    /// back the logits of every row.
+    pub fn run_batch(
+        &mut self,
+        batch: &TrainBatch,
+        gradients: bool,
+        read_logits: bool,
+        after: Option<&Plan>,
+    ) -> Result<BatchOutput> {
+        self.validate_batch(batch, gradients)?;
+        let t0 = Instant::now();
+        let loss = batch.loss_plan();
+        let key = PlanKey {
+            b: batch.b,
+            t: batch.t,
+            rows: loss.rows.clone(),
+            // one target per row at most
+            terms_capacity: loss.rows.len(),
+            patch: None,
+            backward: gradients,
+            weight_grads: gradients,
+        };
+        self.prepare(key, &batch.ids, &loss, &ForwardOptions::default());
+        self.ctx.check("preparing the batch")?;
+        let label = if gradients { "revattn training step" } else { "revattn batched forward" };
+        let (t1, t2) = self.execute(label, after)?;
+        let ws = self.workspace();
+        let rows = batch.b * batch.t;
+        let mut sources = vec![(&ws.loss_rows, rows)];
+        if read_logits {
+            sources.push((&ws.logits, rows * self.config.vocab_size));
+        }
+        let mut parts = self.ctx.read_f32(&sources)?.into_iter();
+        let loss = parts.next().expect("loss rows").iter().map(|&x| x as f64).sum();
+        let logits = parts.next();
+        Ok(BatchOutput {
+            loss,
+            logits,
+            timings: timings(t0, t1, t2, Instant::now()),
+        })
+    }
+
+    /// Times every dispatch of a batch's plan on its own (one submit each, after a warm-up run)
+    /// and sums the times per kernel label, slowest first: where a pass spends its time.
+    pub fn profile_batch(&mut self, batch: &TrainBatch, gradients: bool) -> Result<Vec<(String, usize, f64)>> {
+        self.run_batch(batch, gradients, false, None)?;
+        let ws = self.workspace();
+        let mut totals: Vec<(String, usize, f64)> = Vec::new();
+        for d in &ws.plan.dispatches {
+            let start = Instant::now();
+            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&d.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.dispatch_workgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
+            }
+            self.ctx.queue.submit([enc.finish()]);
+            self.ctx.wait()?;
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            match totals.iter_mut().find(|(l, _, _)| l == d.label) {
+                Some(entry) => {
+                    entry.1 += 1;
+                    entry.2 += ms;
+                }
+                None => totals.push((d.label.to_string(), 1, ms)),
+            }
+        }
+        self.ctx.check("profiling")?;
+        totals.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Ok(totals)
+    }
+
+    fn validate_batch(&self, batch: &TrainBatch, gradients: bool) -> Result<()> {
+        let cfg = &self.config;
+        let bad = |msg: String| Err(crate::Error::Input(msg));
+        if batch.b == 0 || batch.t == 0 {
+            return bad("the batch is empty".into());
+        }
+        if batch.ids.len() != batch.b * batch.t || batch.targets.len() != batch.b * batch.t {
+            return bad(format!(
+                "a batch of {}×{} needs {} ids and targets, got {} and {}",
+                batch.b,
+                batch.t,
+                batch.b * batch.t,
+                batch.ids.len(),
+                batch.targets.len()
+            ));
+        }
+        if batch.t > cfg.n_positions {
+            return bad(format!(
+                "sequences of {} tokens exceed the model's n_positions {}",
+                batch.t, cfg.n_positions
+            ));
+        }
+        if batch.b * batch.t > 65_535 {
+            return bad(format!("B·T = {} rows exceed 65535", batch.b * batch.t));
+        }
+        if let Some(&id) = batch.ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+            return bad(format!("token id {id} is outside the vocabulary of {}", cfg.vocab_size));
+        }
+        if let Some(&id) = batch.targets.iter().find(|&&id| id >= cfg.vocab_size as i32) {
+            return bad(format!("target id {id} is outside the vocabulary of {}", cfg.vocab_size));
+        }
+        if gradients && self.weights.wte.len() > 1 {
+            return bad(format!(
+                "training needs wte ({} × {}) in one storage binding; this adapter allows {} bytes",
+                cfg.vocab_size,
+                cfg.n_embd,
+                self.ctx.max_binding_bytes()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every parameter with its gradient buffer, in `Weights::named` order (for the optimizer).
+    /// Allocates the gradient buffers if no pass has yet.
+    pub fn parameters(&mut self) -> Vec<Parameter<'_>> {
+        if self.grads.is_none() {
+            self.grads = Some(GpuWeights::zeros_like(&self.ctx, &self.weights, &self.config));
+        }
+        let grads = self.grads.as_ref().expect("just allocated");
+        // wte as one buffer: an optimizer over a chunked wte would miss rows.
+        assert_eq!(self.weights.wte.len(), 1, "training needs wte in one binding");
+        self.config
+            .parameter_shapes()
+            .into_iter()
+            .zip(self.weights.buffers().into_iter().zip(grads.buffers()))
+            .map(|((name, shape), (value, grad))| Parameter {
+                name,
+                shape,
+                value,
+                grad,
+            })
+            .collect()
+    }
+
+    /// The current weights, read back from the GPU (a checkpoint after training).
+    pub fn download_weights(&self) -> Result<Weights> {
+        let tensors = self.read_tensors(&self.weights)?;
+        Weights::from_named(&self.config, tensors)
+    }
+
+    /// The gradients of the last pass with gradients, in `Weights::named` order.
+    pub fn download_gradients(&self) -> Result<Vec<Tensor>> {
+        let grads = self.grads.as_ref().ok_or_else(|| {
+            crate::Error::Input("no gradients: no pass with gradients has run".into())
+        })?;
+        self.read_tensors(grads)
+    }
+
+    fn read_tensors(&self, w: &GpuWeights) -> Result<Vec<Tensor>> {
+        let shapes = self.config.parameter_shapes();
+        let c = self.config.n_embd;
+        let mut sources: Vec<(&wgpu::Buffer, usize)> =
+            w.wte.iter().map(|ch| (&ch.buffer, ch.rows * c)).collect();
+        let n_chunks = sources.len();
+        for ((_, shape), buf) in shapes.iter().zip(w.buffers()).skip(1) {
+            sources.push((buf, shape.iter().product()));
+        }
+        let mut parts = self.ctx.read_f32(&sources)?.into_iter();
+        let wte: Vec<f32> = parts.by_ref().take(n_chunks).flatten().collect();
+        let mut out = vec![Tensor::from_vec(shapes[0].1.clone(), wte)];
+        for ((_, shape), data) in shapes.iter().skip(1).zip(parts) {
+            out.push(Tensor::from_vec(shape.clone(), data));
+        }
+        Ok(out)
+    }
+}
+
+fn timings(t0: Instant, t1: Instant, t2: Instant, t3: Instant) -> PassTimings {
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+    PassTimings {
+        prepare_ms: ms(t0, t1),
+        compute_ms: ms(t1, t2),
+        readback_ms: ms(t2, t3),
     }
 }
 

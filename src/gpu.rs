@@ -76,6 +76,7 @@ pub enum KernelProfile {
     Gpu,
 }
 
+#[derive(Clone)]
 pub struct GpuContext {
     pub adapter: wgpu::Adapter,
     pub device: wgpu::Device,

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::View;
 use safetensors::Dtype;
-use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::model::GptConfig;
@@ -174,30 +173,6 @@ fn tensors(cfg: &GptConfig, seed: u64) -> Vec<(String, GeneratedTensor)> {
         .collect()
 }
 
-fn config_json(cfg: &GptConfig, eot: Option<u32>) -> serde_json::Value {
-    json!({
-        "model_type": "gpt2",
-        "architectures": ["GPT2LMHeadModel"],
-        "n_layer": cfg.n_layer,
-        "n_head": cfg.n_head,
-        "n_embd": cfg.n_embd,
-        "n_positions": cfg.n_positions,
-        "n_ctx": cfg.n_positions,
-        "n_inner": null,
-        "vocab_size": cfg.vocab_size,
-        "activation_function": "gelu_new",
-        "layer_norm_epsilon": cfg.layer_norm_epsilon,
-        "initializer_range": INITIALIZER_RANGE,
-        "resid_pdrop": 0.1,
-        "embd_pdrop": 0.1,
-        "attn_pdrop": 0.1,
-        "scale_attn_weights": true,
-        "tie_word_embeddings": true,
-        "bos_token_id": eot.unwrap_or(GPT2_VOCAB as u32 - 1),
-        "eos_token_id": eot.unwrap_or(GPT2_VOCAB as u32 - 1),
-    })
-}
-
 #[derive(Debug, Clone)]
 pub struct InitArgs {
     pub config: String,
@@ -219,7 +194,7 @@ pub fn run(args: &InitArgs) -> Result<GptConfig> {
     let cfg = parse_config(&args.config, tokenizer.as_ref().map(|t| t.1))?;
     let staged = StagedDir::create(&args.out)?;
     let eot = tokenizer.as_ref().and_then(|t| t.2);
-    let text = serde_json::to_string_pretty(&config_json(&cfg, eot)).expect("config serializes");
+    let text = cfg.to_hf_json(eot);
     staged.write("config.json", text.as_bytes())?;
     if let Some((bytes, _, _)) = &tokenizer {
         staged.write("tokenizer.json", bytes)?;
@@ -229,6 +204,26 @@ pub fn run(args: &InitArgs) -> Result<GptConfig> {
         .map_err(|e| Error::Output(format!("cannot write {}: {e}", path.display())))?;
     staged.commit()?;
     Ok(cfg)
+}
+
+/// Random-init weights in memory (the same values `run` writes for this seed).
+pub fn random_weights(cfg: &GptConfig, seed: u64) -> Result<crate::model::Weights> {
+    let mut generated: std::collections::HashMap<String, GeneratedTensor> =
+        tensors(cfg, seed).into_iter().collect();
+    let ordered = cfg
+        .parameter_shapes()
+        .into_iter()
+        .map(|(name, shape)| {
+            let t = generated.remove(&name).expect("every parameter is generated");
+            let values = t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            crate::model::Tensor::from_vec(shape, values)
+        })
+        .collect();
+    crate::model::Weights::from_named(cfg, ordered)
 }
 
 /// The directory revattn writes a model to, for messages.

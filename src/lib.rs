@@ -15,6 +15,7 @@ pub mod layers;
 pub mod loss;
 pub mod maps;
 pub mod model;
+pub mod optim;
 pub mod output;
 pub mod pass;
 pub mod ra;

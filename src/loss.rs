@@ -201,3 +201,49 @@ impl Sequence {
         self.ids.is_empty()
     }
 }
+
+/// A training batch: B sequences of T tokens, right-padded, and the next-token target of every
+/// position (−1 = no loss there: padding, prompt text). The loss is the mean over the positions
+/// that have a target of −log softmax(logits[b, t])[target[b, t]]. Causal attention means padding
+/// after a sequence never changes its real positions, so no key mask is needed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainBatch {
+    pub b: usize,
+    pub t: usize,
+    /// (B, T) token ids; padding is any valid id.
+    pub ids: Vec<u32>,
+    /// (B, T) target id at each position, or −1.
+    pub targets: Vec<i32>,
+}
+
+impl TrainBatch {
+    /// Number of positions that carry a loss term.
+    pub fn n_targets(&self) -> usize {
+        self.targets.iter().filter(|&&t| t >= 0).count()
+    }
+
+    /// The loss as a [`LossPlan`] over all B·T rows: lse_scale = 1/n and one term −1/n per target.
+    pub fn loss_plan(&self) -> LossPlan {
+        let n = self.n_targets().max(1) as f32;
+        let rows = self.b * self.t;
+        LossPlan {
+            rows: 0..rows,
+            lse_scale: self
+                .targets
+                .iter()
+                .map(|&t| if t >= 0 { 1.0 / n } else { 0.0 })
+                .collect(),
+            terms: self
+                .targets
+                .iter()
+                .enumerate()
+                .filter(|(_, &t)| t >= 0)
+                .map(|(row, &t)| LossTerm {
+                    row,
+                    id: t as u32,
+                    coef: -1.0 / n,
+                })
+                .collect(),
+        }
+    }
+}

@@ -108,6 +108,62 @@ impl GptConfig {
         })
     }
 
+    /// config.json as HF's GPT2Config writes it (`eot`: the tokenizer's <|endoftext|> id).
+    pub fn to_hf_json(&self, eot: Option<u32>) -> String {
+        let eot = eot.unwrap_or(50256);
+        let json = serde_json::json!({
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "n_layer": self.n_layer,
+            "n_head": self.n_head,
+            "n_embd": self.n_embd,
+            "n_positions": self.n_positions,
+            "n_ctx": self.n_positions,
+            "n_inner": if self.n_inner == 4 * self.n_embd { None } else { Some(self.n_inner) },
+            "vocab_size": self.vocab_size,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "initializer_range": 0.02,
+            "resid_pdrop": 0.1,
+            "embd_pdrop": 0.1,
+            "attn_pdrop": 0.1,
+            "scale_attn_weights": true,
+            "tie_word_embeddings": true,
+            "bos_token_id": eot,
+            "eos_token_id": eot,
+        });
+        serde_json::to_string_pretty(&json).expect("config serializes")
+    }
+
+    /// (HF name, shape) of every parameter, in `Weights::named` order.
+    pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (c, f) = (self.n_embd, self.n_inner);
+        let mut out = vec![
+            ("wte.weight".to_string(), vec![self.vocab_size, c]),
+            ("wpe.weight".to_string(), vec![self.n_positions, c]),
+        ];
+        for l in 0..self.n_layer {
+            let block: [(&str, Vec<usize>); 12] = [
+                ("ln_1.weight", vec![c]),
+                ("ln_1.bias", vec![c]),
+                ("attn.c_attn.weight", vec![c, 3 * c]),
+                ("attn.c_attn.bias", vec![3 * c]),
+                ("attn.c_proj.weight", vec![c, c]),
+                ("attn.c_proj.bias", vec![c]),
+                ("ln_2.weight", vec![c]),
+                ("ln_2.bias", vec![c]),
+                ("mlp.c_fc.weight", vec![c, f]),
+                ("mlp.c_fc.bias", vec![f]),
+                ("mlp.c_proj.weight", vec![f, c]),
+                ("mlp.c_proj.bias", vec![c]),
+            ];
+            out.extend(block.into_iter().map(|(n, s)| (format!("h.{l}.{n}"), s)));
+        }
+        out.push(("ln_f.weight".to_string(), vec![c]));
+        out.push(("ln_f.bias".to_string(), vec![c]));
+        out
+    }
+
     /// Number of parameters (wte counted once: lm_head is tied).
     pub fn parameter_count(&self) -> usize {
         let (c, f) = (self.n_embd, self.n_inner);
@@ -341,6 +397,95 @@ impl Weights {
             ln_f_w: take("ln_f.weight", &[c])?,
             ln_f_b: take("ln_f.bias", &[c])?,
         })
+    }
+}
+
+impl LayerWeights {
+    /// (HF name suffix, tensor) in checkpoint order.
+    pub fn named(&self) -> [(&'static str, &Tensor); 12] {
+        [
+            ("ln_1.weight", &self.ln_1_w),
+            ("ln_1.bias", &self.ln_1_b),
+            ("attn.c_attn.weight", &self.attn_w),
+            ("attn.c_attn.bias", &self.attn_b),
+            ("attn.c_proj.weight", &self.attn_proj_w),
+            ("attn.c_proj.bias", &self.attn_proj_b),
+            ("ln_2.weight", &self.ln_2_w),
+            ("ln_2.bias", &self.ln_2_b),
+            ("mlp.c_fc.weight", &self.fc_w),
+            ("mlp.c_fc.bias", &self.fc_b),
+            ("mlp.c_proj.weight", &self.fc_proj_w),
+            ("mlp.c_proj.bias", &self.fc_proj_b),
+        ]
+    }
+}
+
+impl Weights {
+    /// Every parameter with its HF hub name ("wte.weight", "h.0.ln_1.weight", …), in the one
+    /// canonical order that gradients, optimizer state and checkpoints use.
+    pub fn named(&self) -> Vec<(String, &Tensor)> {
+        let mut out = vec![
+            ("wte.weight".to_string(), &self.wte),
+            ("wpe.weight".to_string(), &self.wpe),
+        ];
+        for (l, layer) in self.layers.iter().enumerate() {
+            out.extend(layer.named().map(|(n, t)| (format!("h.{l}.{n}"), t)));
+        }
+        out.push(("ln_f.weight".to_string(), &self.ln_f_w));
+        out.push(("ln_f.bias".to_string(), &self.ln_f_b));
+        out
+    }
+
+    /// model.safetensors bytes in HF hub layout (F32, wte once: the lm_head is tied).
+    pub fn to_safetensors(&self, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
+            .named()
+            .into_iter()
+            .map(|(name, t)| {
+                let view = safetensors::tensor::TensorView::new(
+                    Dtype::F32,
+                    t.shape.clone(),
+                    bytemuck::cast_slice(t.data()),
+                )
+                .expect("shape matches data");
+                (name, view)
+            })
+            .collect();
+        safetensors::tensor::serialize(views, metadata)
+            .map_err(|e| Error::Output(format!("cannot serialize the weights: {e}")))
+    }
+
+    /// Rebuilds weights from tensors in `named()` order (a trained model read back from the GPU).
+    pub fn from_named(config: &GptConfig, mut tensors: Vec<Tensor>) -> Result<Self> {
+        let expected = 4 + 12 * config.n_layer;
+        if tensors.len() != expected {
+            return Err(Error::Model(format!(
+                "expected {expected} parameter tensors, got {}",
+                tensors.len()
+            )));
+        }
+        let mut it = tensors.drain(..);
+        let mut next = || it.next().expect("count checked");
+        let (wte, wpe) = (next(), next());
+        let layers = (0..config.n_layer)
+            .map(|_| LayerWeights {
+                ln_1_w: next(),
+                ln_1_b: next(),
+                attn_w: next(),
+                attn_b: next(),
+                attn_proj_w: next(),
+                attn_proj_b: next(),
+                ln_2_w: next(),
+                ln_2_b: next(),
+                fc_w: next(),
+                fc_b: next(),
+                fc_proj_w: next(),
+                fc_proj_b: next(),
+            })
+            .collect();
+        let (ln_f_w, ln_f_b) = (next(), next());
+        drop(it);
+        Ok(Weights::in_memory(wte, wpe, layers, ln_f_w, ln_f_b))
     }
 }
 

@@ -19,15 +19,24 @@
 //! logits  = LN_f(h_L)[loss rows]·wteᵀ                  (R, V)
 //! ```
 //!
-//! The backward computes activation gradients only. Per head, with G_h = s_h·∂L/∂z_h:
+//! The backward computes activation gradients. Per head, with G_h = s_h·∂L/∂z_h:
 //! R_h = A_h ⊙ (G_h·V_hᵀ − rowsum(A_h ⊙ G_h·V_hᵀ)·1ᵀ) / √hs = ∂L/∂P_h (the Reversed Attention),
 //! dQ_h = R_h·K_h, dK_h = R_hᵀ·Q_h, dV_h = (A_h + η·M_h)ᵀ·G_h.
+//!
+//! For training (`train_grads`) the same backward also accumulates the weight gradients, next to
+//! the activation gradient of each layer: dW += xᵀ·dout and db += Σ_t dout for every linear,
+//! dw += Σ_t dout ⊙ x̂ and db += Σ_t dout for every LayerNorm, and wte collects both the
+//! embedding rows (dwte[ids[t]] += dh_0[t]) and the tied lm_head (dwte += dlogitsᵀ·LN_f(h_L)).
+//! The loss is the batch's mean next-token NLL (`TrainBatch`); `adamw_step` is `optim.rs`'s
+//! update in f64.
 
+use std::ops::Range;
 use std::time::Instant;
 
 use crate::error::Result;
-use crate::loss::{LossPlan, Sequence};
+use crate::loss::{LossPlan, Sequence, TrainBatch};
 use crate::model::{GptConfig, LayerWeights, Model, Tensor, Weights};
+use crate::optim::{self, AdamW};
 use crate::pass::{Backend, ForwardOptions, PassOutput, PassTimings, Readback};
 
 // ---------------------------------------------------------------------------------------------
@@ -76,6 +85,41 @@ pub fn embedding_forward(
         let pos = &wpe[t * c..(t + 1) * c];
         for (o, (a, b)) in out[t * c..(t + 1) * c].iter_mut().zip(tok.iter().zip(pos)) {
             *o = a + b;
+        }
+    }
+}
+
+/// Differentiates `out[t] = wte[ids[t]] + wpe[t]`, accumulating:
+/// dwte[ids[t]] += dout[t] and dwpe[t] += dout[t] (a token repeated in `ids` sums its rows).
+pub fn embedding_backward(
+    dwte: &mut [f64], // (V, C)
+    dwpe: &mut [f64], // (P, C)
+    dout: &[f64],     // (T, C)
+    ids: &[u32],      // (T)
+    c: usize,
+) {
+    let t_len = ids.len();
+    assert_eq!(
+        dout.len(),
+        t_len * c,
+        "embedding_backward: dout is not (T, C)"
+    );
+    assert!(
+        dwpe.len() >= t_len * c,
+        "embedding_backward: T exceeds the position table"
+    );
+    for (t, &id) in ids.iter().enumerate() {
+        let id = id as usize;
+        assert!(
+            (id + 1) * c <= dwte.len(),
+            "embedding_backward: token id {id} is outside wte"
+        );
+        let d = &dout[t * c..(t + 1) * c];
+        for (g, dv) in dwte[id * c..(id + 1) * c].iter_mut().zip(d) {
+            *g += dv;
+        }
+        for (g, dv) in dwpe[t * c..(t + 1) * c].iter_mut().zip(d) {
+            *g += dv;
         }
     }
 }
@@ -146,6 +190,31 @@ pub fn layernorm_backward(
             let xhat = (xr[i] - mu) * rs;
             let base = dresidual.map_or(0.0, |r| r[t * c + i]);
             dx[t * c + i] = base + (g - mean_g - xhat * mean_gx) * rs;
+        }
+    }
+}
+
+/// Differentiates `out = x̂ ⊙ w + b`, x̂ = (x − mean)·rstd, w.r.t. the affine parameters,
+/// accumulating dw (C) += Σ_t dout[t] ⊙ x̂[t] and db (C) += Σ_t dout[t].
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward_params(
+    dw: &mut [f64], // (C)
+    db: &mut [f64], // (C)
+    dout: &[f64],   // (T, C)
+    x: &[f64],      // (T, C)
+    mean: &[f64],   // (T)
+    rstd: &[f64],   // (T)
+    c: usize,
+) {
+    let t_len = mean.len();
+    assert!(dout.len() == t_len * c && x.len() == t_len * c && rstd.len() == t_len);
+    assert!(dw.len() == c && db.len() == c);
+    for t in 0..t_len {
+        let (mu, rs) = (mean[t], rstd[t]);
+        for i in 0..c {
+            let d = dout[t * c + i];
+            dw[i] += d * (x[t * c + i] - mu) * rs;
+            db[i] += d;
         }
     }
 }
@@ -253,6 +322,44 @@ pub fn linear_backward_input(
                     dx[(i0 + r) * k + k0 + q] =
                         (acc_rq[0] + acc_rq[1]) + (acc_rq[2] + acc_rq[3]) + tail;
                 }
+            }
+        }
+    }
+}
+
+/// Differentiates `out = x·w + b` w.r.t. the parameters, accumulating
+/// dw (K,N) += xᵀ (K,M) · dout (M,N) and db (N) += Σ_i dout[i].
+///
+/// The spec is dw[kk, j] += Σ_i x[i, kk]·dout[i, j], looped i-kk-j so that a row of dout and a
+/// row of dw are both contiguous. Rows of dout that are exactly 0 (no gradient reaches them:
+/// padding, positions after the last target) add nothing and are skipped.
+pub fn linear_backward_weight(
+    dw: &mut [f64],         // (K, N)
+    db: Option<&mut [f64]>, // (N)
+    x: &[f64],              // (M, K)
+    dout: &[f64],           // (M, N)
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    assert!(dw.len() == k * n && x.len() == m * k && dout.len() == m * n);
+    for i in 0..m {
+        let drow = &dout[i * n..(i + 1) * n];
+        if drow.iter().all(|&d| d == 0.0) {
+            continue;
+        }
+        for kk in 0..k {
+            let a = x[i * k + kk];
+            for (g, dv) in dw[kk * n..(kk + 1) * n].iter_mut().zip(drow) {
+                *g += a * dv;
+            }
+        }
+    }
+    if let Some(db) = db {
+        assert_eq!(db.len(), n);
+        for i in 0..m {
+            for (g, dv) in db.iter_mut().zip(&dout[i * n..(i + 1) * n]) {
+                *g += dv;
             }
         }
     }
@@ -520,6 +627,43 @@ pub fn loss_forward_backward(
     loss
 }
 
+/// Next-token cross-entropy of one sequence of a training batch, each target's term weighted by
+/// `scale` (1/n, n = the number of targets in the whole batch):
+/// loss = scale·Σ_{t: target[t] ≥ 0} (logsumexp(logits[t]) − logits[t, target[t]]).
+/// dlogits[t] = scale·(softmax(logits[t]) − onehot(target[t])); exactly 0 on rows with target −1.
+pub fn next_token_loss_forward_backward(
+    dlogits: &mut [f64], // (T, V)
+    logits: &[f64],      // (T, V)
+    targets: &[i32],     // (T) target id or −1
+    scale: f64,
+    v: usize,
+) -> f64 {
+    let t_len = targets.len();
+    assert!(logits.len() == t_len * v && dlogits.len() == t_len * v);
+    let mut loss = 0.0;
+    for (t, &target) in targets.iter().enumerate() {
+        let row = &logits[t * v..(t + 1) * v];
+        let drow = &mut dlogits[t * v..(t + 1) * v];
+        if target < 0 {
+            drow.fill(0.0);
+            continue;
+        }
+        let target = target as usize;
+        assert!(
+            target < v,
+            "next-token loss: target {target} is outside the vocabulary"
+        );
+        let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = row.iter().map(|x| (x - max).exp()).sum();
+        loss += scale * (max + sum.ln() - row[target]);
+        for (d, x) in drow.iter_mut().zip(row) {
+            *d = scale * (x - max).exp() / sum;
+        }
+        drow[target] -= scale;
+    }
+    loss
+}
+
 // ---------------------------------------------------------------------------------------------
 // The whole pass.
 // ---------------------------------------------------------------------------------------------
@@ -612,6 +756,88 @@ impl WeightsF64 {
             ln_f_b: to_f64(&w.ln_f_b),
         }
     }
+
+    /// From f64 tensors in `Weights::named()` order, of the shapes `GptConfig::parameter_shapes`
+    /// gives.
+    fn from_named(config: &GptConfig, params: &[Vec<f64>]) -> Self {
+        let shapes = config.parameter_shapes();
+        assert_eq!(
+            params.len(),
+            shapes.len(),
+            "expected {} parameter tensors in named() order, got {}",
+            shapes.len(),
+            params.len()
+        );
+        for (p, (name, shape)) in params.iter().zip(&shapes) {
+            assert_eq!(
+                p.len(),
+                shape.iter().product::<usize>(),
+                "parameter {name} has {} values, its shape is {shape:?}",
+                p.len()
+            );
+        }
+        let mut it = params.iter().cloned();
+        let mut next = || it.next().expect("count checked");
+        let (wte, wpe) = (next(), next());
+        let layers = (0..config.n_layer)
+            .map(|_| LayerF64 {
+                ln_1_w: next(),
+                ln_1_b: next(),
+                attn_w: next(),
+                attn_b: next(),
+                attn_proj_w: next(),
+                attn_proj_b: next(),
+                ln_2_w: next(),
+                ln_2_b: next(),
+                fc_w: next(),
+                fc_b: next(),
+                fc_proj_w: next(),
+                fc_proj_b: next(),
+            })
+            .collect();
+        let (ln_f_w, ln_f_b) = (next(), next());
+        WeightsF64 {
+            wte,
+            wpe,
+            layers,
+            ln_f_w,
+            ln_f_b,
+        }
+    }
+
+    /// All zeros in the model's shapes: a gradient accumulator.
+    fn zeros(config: &GptConfig) -> Self {
+        let zeros: Vec<Vec<f64>> = config
+            .parameter_shapes()
+            .iter()
+            .map(|(_, s)| vec![0.0; s.iter().product()])
+            .collect();
+        Self::from_named(config, &zeros)
+    }
+
+    /// The tensors in `Weights::named()` order.
+    fn into_named(self) -> Vec<Vec<f64>> {
+        let mut out = vec![self.wte, self.wpe];
+        for l in self.layers {
+            out.extend([
+                l.ln_1_w,
+                l.ln_1_b,
+                l.attn_w,
+                l.attn_b,
+                l.attn_proj_w,
+                l.attn_proj_b,
+                l.ln_2_w,
+                l.ln_2_b,
+                l.fc_w,
+                l.fc_b,
+                l.fc_proj_w,
+                l.fc_proj_b,
+            ]);
+        }
+        out.push(self.ln_f_w);
+        out.push(self.ln_f_b);
+        out
+    }
 }
 
 /// ForwardOptions in f64.
@@ -648,11 +874,14 @@ impl Settings {
 /// What the backward pass needs from one block's forward.
 struct LayerCache {
     x: Vec<f64>,        // (T, C) h_l, the block input
+    ln1: Vec<f64>,      // (T, C) LN1(h_l), the c_attn input
     ln1_mean: Vec<f64>, // (T)
     ln1_rstd: Vec<f64>, // (T)
     qkv: Vec<f64>,      // (T, 3C)
     att: Vec<f64>,      // (NH, T, T) softmax, before the patch
+    z: Vec<f64>,        // (T, C) attention output, the c_proj input
     m: Vec<f64>,        // (T, C) residual after attention
+    ln2: Vec<f64>,      // (T, C) LN2(m), the c_fc input
     ln2_mean: Vec<f64>, // (T)
     ln2_rstd: Vec<f64>, // (T)
     fc: Vec<f64>,       // (T, F) pre-activation
@@ -661,11 +890,23 @@ struct LayerCache {
 struct ForwardState {
     layers: Vec<LayerCache>,
     h_final: Vec<f64>,  // (T, C) h_L, the ln_f input
+    lnf: Vec<f64>,      // (T, C) LN_f(h_L), the lm_head input
     lnf_mean: Vec<f64>, // (T)
     lnf_rstd: Vec<f64>, // (T)
+    rows: Range<usize>, // the R positions whose logits were computed
     logits: Vec<f64>,   // (R, V)
     dlogits: Vec<f64>,  // (R, V)
     loss: f64,
+}
+
+/// What the forward pass scores.
+#[derive(Clone, Copy)]
+enum Objective<'a> {
+    /// A request's loss (`Sequence::loss`).
+    Plan(&'a LossPlan),
+    /// One sequence of a training batch: every row is a logit row, and each next-token target
+    /// (−1 = none) is weighted by `scale` = 1/n over the whole batch.
+    Targets { targets: &'a [i32], scale: f64 },
 }
 
 fn forward(
@@ -675,8 +916,26 @@ fn forward(
     settings: &Settings,
     perturb: &Perturbation,
 ) -> ForwardState {
+    forward_impl(
+        config,
+        w,
+        &seq.ids,
+        Objective::Plan(&seq.loss),
+        settings,
+        perturb,
+    )
+}
+
+fn forward_impl(
+    config: &GptConfig,
+    w: &WeightsF64,
+    ids: &[u32], // (T)
+    objective: Objective,
+    settings: &Settings,
+    perturb: &Perturbation,
+) -> ForwardState {
     let (t_len, c, nh, f, v) = (
-        seq.len(),
+        ids.len(),
         config.n_embd,
         config.n_head,
         config.n_inner,
@@ -714,7 +973,7 @@ fn forward(
     };
 
     let mut h = vec![0.0; t_len * c]; // (T, C)
-    embedding_forward(&mut h, &seq.ids, &w.wte, &w.wpe, c);
+    embedding_forward(&mut h, ids, &w.wte, &w.wpe, c);
     let mut layers = Vec::with_capacity(n_layer);
     for (l, lw) in w.layers.iter().enumerate() {
         nudge_hidden(&mut h, l);
@@ -812,11 +1071,14 @@ fn forward(
         let x = std::mem::replace(&mut h, h_next);
         layers.push(LayerCache {
             x,
+            ln1,
             ln1_mean,
             ln1_rstd,
             qkv,
             att,
+            z,
             m,
+            ln2,
             ln2_mean,
             ln2_rstd,
             fc,
@@ -838,22 +1100,35 @@ fn forward(
         c,
         eps,
     );
-    let rows = seq.loss.rows.clone();
+    let rows = match objective {
+        Objective::Plan(plan) => plan.rows.clone(),
+        Objective::Targets { targets, .. } => {
+            assert_eq!(targets.len(), t_len, "training targets are not (T)");
+            0..t_len
+        }
+    };
     let n_rows = rows.len();
     let mut logits = vec![0.0; n_rows * v]; // (R, V)
-    for (r, t) in rows.enumerate() {
+    for (r, t) in rows.clone().enumerate() {
         let x = &lnf[t * c..(t + 1) * c];
         for (vi, out) in logits[r * v..(r + 1) * v].iter_mut().enumerate() {
             *out = dot(x, &w.wte[vi * c..(vi + 1) * c]);
         }
     }
     let mut dlogits = vec![0.0; n_rows * v]; // (R, V)
-    let loss = loss_forward_backward(&mut dlogits, &logits, &seq.loss, v);
+    let loss = match objective {
+        Objective::Plan(plan) => loss_forward_backward(&mut dlogits, &logits, plan, v),
+        Objective::Targets { targets, scale } => {
+            next_token_loss_forward_backward(&mut dlogits, &logits, targets, scale, v)
+        }
+    };
     ForwardState {
         layers,
         h_final: h,
+        lnf,
         lnf_mean,
         lnf_rstd,
+        rows,
         logits,
         dlogits,
         loss,
@@ -861,15 +1136,17 @@ fn forward(
 }
 
 /// The activation backward (PAPER.md Appendix A). Returns (RA (L, NH, T, T), dL/dh (L+1, T, C)).
+/// With `grads`, it also accumulates (+=) dL/dθ of every parameter into it (shapes as in `w`).
 fn backward(
     config: &GptConfig,
     w: &WeightsF64,
-    seq: &Sequence,
+    ids: &[u32], // (T)
     settings: &Settings,
     st: &ForwardState,
+    mut grads: Option<&mut WeightsF64>,
 ) -> (Vec<f64>, Vec<f64>) {
     let (t_len, c, nh, f, v) = (
-        seq.len(),
+        ids.len(),
         config.n_embd,
         config.n_head,
         config.n_inner,
@@ -881,14 +1158,21 @@ fn backward(
     let mut hidden = vec![0.0; (n_layer + 1) * tc]; // (L+1, T, C)
 
     // logits = lnf[rows]·wteᵀ  →  dlnf[rows] = dlogits·wte; 0 at the other rows.
+    // With grads, the tied lm_head's share of dwte: dwte[vi] += Σ_r dlogits[r, vi]·lnf[row r].
     let mut dlnf = vec![0.0; tc]; // (T, C)
-    for (r, t) in seq.loss.rows.clone().enumerate() {
+    for (r, t) in st.rows.clone().enumerate() {
         let drow = &mut dlnf[t * c..(t + 1) * c];
+        let xrow = &st.lnf[t * c..(t + 1) * c];
         for vi in 0..v {
             let g = st.dlogits[r * v + vi];
             if g != 0.0 {
                 for (d, wv) in drow.iter_mut().zip(&w.wte[vi * c..(vi + 1) * c]) {
                     *d += g * wv;
+                }
+                if let Some(gw) = grads.as_deref_mut() {
+                    for (dw, xv) in gw.wte[vi * c..(vi + 1) * c].iter_mut().zip(xrow) {
+                        *dw += g * xv;
+                    }
                 }
             }
         }
@@ -904,7 +1188,19 @@ fn backward(
         &w.ln_f_w,
         c,
     );
+    if let Some(g) = grads.as_deref_mut() {
+        layernorm_backward_params(
+            &mut g.ln_f_w,
+            &mut g.ln_f_b,
+            &dlnf,
+            &st.h_final,
+            &st.lnf_mean,
+            &st.lnf_rstd,
+            c,
+        );
+    }
 
+    let mut act = vec![0.0; t_len * f]; // (T, F) gelu(fc), recomputed for dW_fc2
     let mut dact = vec![0.0; t_len * f]; // (T, F)
     let mut dfc = vec![0.0; t_len * f]; // (T, F)
     let mut dln = vec![0.0; tc]; // (T, C) gradient at an LN output
@@ -913,15 +1209,49 @@ fn backward(
     let mut dqkv = vec![0.0; t_len * 3 * c]; // (T, 3C)
     for l in (0..n_layer).rev() {
         let (lw, cache) = (&w.layers[l], &st.layers[l]);
+        let mut gl = grads.as_deref_mut().map(|g| &mut g.layers[l]);
         let (below, above) = hidden.split_at_mut((l + 1) * tc);
         let dh_out = &above[..tc]; // (T, C) dL/dh_{l+1}
         let dh_in = &mut below[l * tc..]; // (T, C) dL/dh_l, written below
 
         // h_{l+1} = m + gelu(fc)·W_fc2 + b_fc2
         linear_backward_input(&mut dact, dh_out, &lw.fc_proj_w, t_len, f, c);
+        if let Some(g) = gl.as_deref_mut() {
+            gelu_forward(&mut act, &cache.fc);
+            linear_backward_weight(
+                &mut g.fc_proj_w,
+                Some(&mut g.fc_proj_b),
+                &act,
+                dh_out,
+                t_len,
+                f,
+                c,
+            );
+        }
         gelu_backward(&mut dfc, &dact, &cache.fc);
         // fc = LN2(m)·W_fc + b_fc
         linear_backward_input(&mut dln, &dfc, &lw.fc_w, t_len, c, f);
+        if let Some(g) = gl.as_deref_mut() {
+            linear_backward_weight(
+                &mut g.fc_w,
+                Some(&mut g.fc_b),
+                &cache.ln2,
+                &dfc,
+                t_len,
+                c,
+                f,
+            );
+            // ln2 = LN2(m)
+            layernorm_backward_params(
+                &mut g.ln_2_w,
+                &mut g.ln_2_b,
+                &dln,
+                &cache.m,
+                &cache.ln2_mean,
+                &cache.ln2_rstd,
+                c,
+            );
+        }
         // m feeds both the residual and LN2
         layernorm_backward(
             &mut dm,
@@ -935,6 +1265,18 @@ fn backward(
         );
         // m = h_l + z·W_o + b_o  →  G = dz = dm·W_oᵀ
         linear_backward_input(&mut dz, &dm, &lw.attn_proj_w, t_len, c, c);
+        if let Some(g) = gl.as_deref_mut() {
+            // z already carries the head scales (ablated heads give zero rows of dW_o)
+            linear_backward_weight(
+                &mut g.attn_proj_w,
+                Some(&mut g.attn_proj_b),
+                &cache.z,
+                &dm,
+                t_len,
+                c,
+                c,
+            );
+        }
         let ra_l = &mut ra[l * nh * t_len * t_len..(l + 1) * nh * t_len * t_len];
         attention_backward(
             ra_l,
@@ -950,6 +1292,27 @@ fn backward(
         );
         // qkv = LN1(h_l)·W_attn + b_attn
         linear_backward_input(&mut dln, &dqkv, &lw.attn_w, t_len, c, 3 * c);
+        if let Some(g) = gl {
+            linear_backward_weight(
+                &mut g.attn_w,
+                Some(&mut g.attn_b),
+                &cache.ln1,
+                &dqkv,
+                t_len,
+                c,
+                3 * c,
+            );
+            // ln1 = LN1(h_l)
+            layernorm_backward_params(
+                &mut g.ln_1_w,
+                &mut g.ln_1_b,
+                &dln,
+                &cache.x,
+                &cache.ln1_mean,
+                &cache.ln1_rstd,
+                c,
+            );
+        }
         // h_l feeds both the residual (into m) and LN1
         layernorm_backward(
             dh_in,
@@ -962,6 +1325,10 @@ fn backward(
             c,
         );
     }
+    // h_0 = wte[ids] + wpe[0..T)
+    if let Some(g) = grads {
+        embedding_backward(&mut g.wte, &mut g.wpe, &hidden[..tc], ids, c);
+    }
     (ra, hidden)
 }
 
@@ -972,7 +1339,7 @@ fn forward_backward_f64(
     settings: &Settings,
 ) -> CpuPass {
     let st = forward(config, w, seq, settings, &Perturbation::None);
-    let (reversed_attention, hidden_grads) = backward(config, w, seq, settings, &st);
+    let (reversed_attention, hidden_grads) = backward(config, w, &seq.ids, settings, &st, None);
     CpuPass {
         loss: st.loss,
         attention: collect_attention(&st),
@@ -1017,6 +1384,190 @@ pub fn forward_loss(
     }
     let w = WeightsF64::new(weights);
     forward(config, &w, seq, &Settings::new(config, options), perturb).loss
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training: weight gradients of the next-token loss, and AdamW.
+// ---------------------------------------------------------------------------------------------
+
+/// The loss of a training batch and dL/dθ of every parameter.
+#[derive(Debug, Clone)]
+pub struct ParamGrads {
+    /// Mean next-token NLL over the positions with a target (0 when there are none).
+    pub loss: f64,
+    /// One gradient per parameter in `Weights::named()` order, each the shape of its tensor
+    /// (`GptConfig::parameter_shapes`). wte's gradient includes both the embedding rows and the
+    /// tied lm_head.
+    pub grads: Vec<Vec<f64>>,
+}
+
+/// Every parameter in f64, in `Weights::named()` order (the input of `train_grads_f64`).
+pub fn params_f64(weights: &Weights) -> Vec<Vec<f64>> {
+    weights.named().iter().map(|(_, t)| to_f64(t)).collect()
+}
+
+/// Everything wrong with a training batch, as a one-line message (None when it can run).
+fn batch_problem(config: &GptConfig, batch: &TrainBatch) -> Option<String> {
+    let (b, t) = (batch.b, batch.t);
+    if b == 0 || t == 0 {
+        return Some(format!("the batch is empty (B = {b}, T = {t})"));
+    }
+    if batch.ids.len() != b * t || batch.targets.len() != b * t {
+        return Some(format!(
+            "ids ({}) and targets ({}) are not (B, T) = ({b}, {t})",
+            batch.ids.len(),
+            batch.targets.len()
+        ));
+    }
+    if t > config.n_positions {
+        return Some(format!(
+            "T = {t} exceeds n_positions = {}",
+            config.n_positions
+        ));
+    }
+    let v = config.vocab_size;
+    if let Some(id) = batch.ids.iter().find(|&&id| id as usize >= v) {
+        return Some(format!("token id {id} is outside the vocabulary ({v})"));
+    }
+    if let Some(tg) = batch
+        .targets
+        .iter()
+        .find(|&&tg| tg < -1 || tg as i64 >= v as i64)
+    {
+        return Some(format!(
+            "target {tg} is neither −1 nor a token id (V = {v})"
+        ));
+    }
+    None
+}
+
+/// Loss and weight gradients of one batch, from f64 parameters in `Weights::named()` order (so
+/// that `adamw_step` can update them in f64). Each sequence runs through the single-sequence
+/// forward and backward with every position a logit row and weight 1/n, n = the number of targets
+/// in the whole batch; losses and gradients are summed over the sequences. Padding needs no mask:
+/// the causal attention keeps it out of the real positions, and a position with target −1 and no
+/// target after it gets exactly zero gradient. Panics with a one-line message on a bad batch.
+pub fn train_grads_f64(config: &GptConfig, params: &[Vec<f64>], batch: &TrainBatch) -> ParamGrads {
+    if let Some(msg) = batch_problem(config, batch) {
+        panic!("reference::train_grads: {msg}");
+    }
+    let w = WeightsF64::from_named(config, params);
+    let mut grads = WeightsF64::zeros(config);
+    let settings = Settings::new(config, &ForwardOptions::default());
+    let scale = 1.0 / batch.n_targets().max(1) as f64;
+    let t = batch.t;
+    let mut loss = 0.0;
+    for b in 0..batch.b {
+        let ids = &batch.ids[b * t..(b + 1) * t]; // (T)
+        let targets = &batch.targets[b * t..(b + 1) * t]; // (T)
+        let objective = Objective::Targets { targets, scale };
+        let st = forward_impl(config, &w, ids, objective, &settings, &Perturbation::None);
+        backward(config, &w, ids, &settings, &st, Some(&mut grads));
+        loss += st.loss;
+    }
+    ParamGrads {
+        loss,
+        grads: grads.into_named(),
+    }
+}
+
+/// `train_grads_f64` on the model's (f32) weights.
+pub fn train_grads(config: &GptConfig, weights: &Weights, batch: &TrainBatch) -> ParamGrads {
+    train_grads_f64(config, &params_f64(weights), batch)
+}
+
+/// The batch loss only (forward passes), from f64 parameters in `Weights::named()` order: what
+/// finite-difference tests of `train_grads_f64` differentiate.
+pub fn train_loss_f64(config: &GptConfig, params: &[Vec<f64>], batch: &TrainBatch) -> f64 {
+    if let Some(msg) = batch_problem(config, batch) {
+        panic!("reference::train_loss: {msg}");
+    }
+    let w = WeightsF64::from_named(config, params);
+    let settings = Settings::new(config, &ForwardOptions::default());
+    let scale = 1.0 / batch.n_targets().max(1) as f64;
+    let t = batch.t;
+    (0..batch.b)
+        .map(|b| {
+            let ids = &batch.ids[b * t..(b + 1) * t]; // (T)
+            let targets = &batch.targets[b * t..(b + 1) * t]; // (T)
+            let objective = Objective::Targets { targets, scale };
+            forward_impl(config, &w, ids, objective, &settings, &Perturbation::None).loss
+        })
+        .sum()
+}
+
+/// One AdamW step (`optim.rs`'s formula, in f64) on every tensor; `step` is 1-based, `shapes`
+/// decide which tensors decay (`optim::decays`). `m` and `v` start at zero and are updated in
+/// place. Returns ‖g‖₂ over all gradients jointly, before clipping.
+///
+/// ```text
+/// g ← g·min(1, clip/(‖g‖ + 1e-6))      (clip > 0)
+/// p ← p − lr·wd·p                       (≥ 2-D tensors only)
+/// m ← β1·m + (1 − β1)·g,  v ← β2·v + (1 − β2)·g²
+/// p ← p − lr·(m/(1 − β1ᵗ)) / (√(v/(1 − β2ᵗ)) + eps)
+/// ```
+pub fn adamw_step(
+    params: &mut [Vec<f64>],
+    grads: &[Vec<f64>],
+    m: &mut [Vec<f64>],
+    v: &mut [Vec<f64>],
+    shapes: &[Vec<usize>],
+    step: u32,
+    opt: &AdamW,
+) -> f64 {
+    let n = params.len();
+    assert!(
+        grads.len() == n && m.len() == n && v.len() == n && shapes.len() == n,
+        "adamw_step: params, grads, m, v and shapes differ in count"
+    );
+    assert!(step >= 1, "adamw_step: step is 1-based");
+    for k in 0..n {
+        let len = shapes[k].iter().product::<usize>();
+        assert!(
+            params[k].len() == len
+                && grads[k].len() == len
+                && m[k].len() == len
+                && v[k].len() == len,
+            "adamw_step: tensor {k} is not of shape {:?}",
+            shapes[k]
+        );
+    }
+    // ‖g‖ = √(Σ_k ‖g_k‖²), as clip_grad_norm_ takes the norm of the per-tensor norms.
+    let norm = grads
+        .iter()
+        .map(|g| g.iter().map(|x| x * x).sum::<f64>())
+        .sum::<f64>()
+        .sqrt();
+    let clip = opt.grad_clip as f64;
+    let coef = if clip > 0.0 {
+        (clip / (norm + 1e-6)).min(1.0)
+    } else {
+        1.0
+    };
+    let (lr, b1, b2, eps, wd) = (
+        opt.lr as f64,
+        opt.beta1 as f64,
+        opt.beta2 as f64,
+        opt.eps as f64,
+        opt.weight_decay as f64,
+    );
+    let bc1 = 1.0 - b1.powi(step as i32);
+    let bc2 = 1.0 - b2.powi(step as i32);
+    for k in 0..n {
+        let decay = optim::decays(&shapes[k]);
+        for i in 0..params[k].len() {
+            let g = grads[k][i] * coef;
+            let mut p = params[k][i];
+            if decay {
+                p -= lr * wd * p;
+            }
+            m[k][i] = b1 * m[k][i] + (1.0 - b1) * g;
+            v[k][i] = b2 * v[k][i] + (1.0 - b2) * g * g;
+            p -= lr * (m[k][i] / bc1) / ((v[k][i] / bc2).sqrt() + eps);
+            params[k][i] = p;
+        }
+    }
+    norm
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1066,7 +1617,7 @@ impl Backend for CpuReference<'_> {
         let st = forward(config, w, seq, &settings, &Perturbation::None);
         let grads = readback
             .backward
-            .then(|| backward(config, w, seq, &settings, &st));
+            .then(|| backward(config, w, &seq.ids, &settings, &st, None));
         let t2 = Instant::now();
         let (ra, hidden) = match &grads {
             Some((ra, hidden)) => (

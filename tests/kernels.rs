@@ -7,11 +7,11 @@ mod common;
 use common::{assert_close, gpu, to_f64, Rng};
 use revattn::gpu::GpuContext;
 use revattn::layers::attention::{Attention, AttentionBuffers, AttentionShape};
-use revattn::layers::cross_entropy::{CrossEntropy, GpuTerm};
+use revattn::layers::cross_entropy::{gpu_terms, CrossEntropy};
 use revattn::layers::embedding::{Embedding, VocabChunk};
 use revattn::layers::gelu::Gelu;
 use revattn::layers::layernorm::{LayerNorm, LayerNormSaved};
-use revattn::layers::linear::{Gemm, Linear, Operand};
+use revattn::layers::linear::{Gemm, GemmOp, Linear, Operand};
 use revattn::layers::{execute, PlanBuilder};
 use revattn::loss::{LossKind, Sequence};
 use revattn::reference;
@@ -145,7 +145,7 @@ fn check_lm_head(ctx: &GpuContext, linear: &Linear, c: usize, r: usize) {
                     k: c,
                     a: Operand::new(&xb, c).at(row0 * c),
                     b: Operand::new(buf, c),
-                    transpose_b: true,
+                    op: GemmOp::NT,
                     c: Operand::new(&logits, v).at(s),
                     bias: None,
                     residual: None,
@@ -163,7 +163,7 @@ fn check_lm_head(ctx: &GpuContext, linear: &Linear, c: usize, r: usize) {
                     k: n,
                     a: Operand::new(&dlb, v).at(s),
                     b: Operand::new(buf, c),
-                    transpose_b: false,
+                    op: GemmOp::NN,
                     c: Operand::new(&dx, c),
                     bias: None,
                     residual: None,
@@ -380,7 +380,7 @@ fn embedding_over_vocab_chunks_matches_reference() {
     let (idb, wpeb) = (ctx.upload("ids", &ids), ctx.upload("wpe", &wpe));
     let out = ctx.storage("out", 4 * (t * c) as u64);
     run(&ctx, |pl| {
-        emb.forward(pl, &out, &idb, &chunks, &wpeb, (t, c))
+        emb.forward(pl, &out, &idb, &chunks, &wpeb, (1, t, c))
     });
     let mut want = vec![0.0; t * c];
     reference::embedding_forward(&mut want, &ids, &to_f64(&wte), &to_f64(&wpe), c);
@@ -427,7 +427,7 @@ fn attention_forward_and_backward_match_reference() {
             let z = ctx.storage("z", 4 * (t * c) as u64);
             let ra = ctx.storage("ra", 4 * (nh * t * t) as u64);
             let dqkv = ctx.storage("dqkv", 4 * (t * 3 * c) as u64);
-            let shape = AttentionShape { t, c, nh, layer };
+            let shape = AttentionShape { b: 1, t, c, nh, layer };
             run(&ctx, |p| {
                 let b = AttentionBuffers {
                     qkv: &qkvb,
@@ -501,34 +501,49 @@ fn loss_kernel_matches_reference_for_every_loss() {
     let ce = CrossEntropy::new(&ctx);
     let mut rng = Rng(7);
     let v = 1031;
-    for kind in [LossKind::Nll, LossKind::Ce, LossKind::LogitDiff] {
-        let seq = Sequence::from_ids(vec![1, 2, 3, 4], kind, &[5, 900, 5], Some(17));
-        let (r, plan) = (seq.loss.n_rows(), &seq.loss);
+    // The three RA losses, and a training batch (many rows, one target on some of them).
+    let batch = revattn::loss::TrainBatch {
+        b: 2,
+        t: 5,
+        ids: vec![0; 10],
+        targets: vec![3, -1, 1030, 7, -1, -1, 0, 5, -1, 12],
+    };
+    let mut cases: Vec<(String, revattn::loss::LossPlan)> = [LossKind::Nll, LossKind::Ce, LossKind::LogitDiff]
+        .into_iter()
+        .map(|kind| {
+            let seq = Sequence::from_ids(vec![1, 2, 3, 4], kind, &[5, 900, 5], Some(17));
+            (kind.name().to_string(), seq.loss)
+        })
+        .collect();
+    cases.push(("training batch".to_string(), batch.loss_plan()));
+    for (name, plan) in &cases {
+        let r = plan.n_rows();
         let logits = rng.vec(r * v, 6.0);
-        let terms: Vec<GpuTerm> = plan.terms.iter().map(GpuTerm::from).collect();
-        let (lb, sb, tb) = (
+        let (terms, term_start) = gpu_terms(&plan.terms, r);
+        let (lb, sb, tb, ts) = (
             ctx.upload("logits", &logits),
             ctx.upload("lse", &plan.lse_scale),
             ctx.upload("terms", &terms),
+            ctx.upload("term_start", &term_start),
         );
         let (dl, lr) = (
             ctx.storage("dlogits", 4 * (r * v) as u64),
             ctx.storage("loss", 4 * r as u64),
         );
         run(&ctx, |p| {
-            ce.forward_backward(p, &lr, &dl, &lb, &sb, &tb, (r, v, terms.len()))
+            ce.forward_backward(p, &lr, &dl, &lb, &sb, (&tb, &ts), (r, v))
         });
         let mut want = vec![0.0; r * v];
         let loss = reference::loss_forward_backward(&mut want, &to_f64(&logits), plan, v);
         assert_close(
-            &format!("dlogits {}", kind.name()),
+            &format!("dlogits {name}"),
             &read(&ctx, &dl, r * v),
             &want,
             REL_TOL,
         );
         let got: f64 = read(&ctx, &lr, r).iter().map(|&x| x as f64).sum();
         assert_close(
-            &format!("loss {}", kind.name()),
+            &format!("loss {name}"),
             &[got as f32],
             &[loss],
             REL_TOL,

@@ -1,6 +1,8 @@
 //! Finite-difference checks of the float64 CPU reference (`revattn::reference`) on tiny random
 //! GPT-2s built in memory: RA = dL/d(QKᵀ) and dL/dh_l against central differences of
-//! `forward_loss`, the RA invariants, the patched/ablated forward, and the loss formulas.
+//! `forward_loss`, the RA invariants, the patched/ablated forward, and the loss formulas; and
+//! the weight gradients of the training loss (`train_grads_f64`) against central differences of
+//! `train_loss_f64` on a padded batch, entry by entry in every parameter tensor.
 //!
 //! Finite differences: Richardson-extrapolated central differences, (4·D(h/2) − D(h))/3 with
 //! D(e) = (L(+e) − L(−e))/(2e) and h = 1e-4: O(h⁴) truncation plus ~1e-16·|L|/h rounding.
@@ -9,7 +11,7 @@
 //! Every analytic gradient must match within FD_TOL·max(1, max|gradient|), FD_TOL = 1e-9; the
 //! measured worst case is ~1e-9 (dL/dh, ce T=5), typically 1e-11…1e-10.
 
-use revattn::loss::{LossKind, Sequence};
+use revattn::loss::{LossKind, Sequence, TrainBatch};
 use revattn::model::{GptConfig, LayerWeights, Model, Tensor, Weights};
 use revattn::pass::{AttentionPatch, Backend, ForwardOptions, Readback};
 use revattn::reference::{self, CpuPass, CpuReference, Perturbation};
@@ -833,4 +835,144 @@ fn cpu_backend_returns_the_reference_in_f32_and_respects_readback() {
         backend.run(&too_long, &opts, all).is_err(),
         "a sequence longer than P must fail"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weight gradients of the training loss (`reference::train_grads_f64`).
+// ---------------------------------------------------------------------------------------------
+
+/// (B, T) = (3, 8) with sequences of lengths 6, 5 and 3, right-padded with random ids, and the
+/// next token as target at about 60% of the positions (at least one per sequence). Position 5
+/// (the last of the longest sequence) and 6, 7 (padding everywhere) carry no target, so their wpe
+/// rows must get exactly 0. Sequence 1 repeats a token, so its wte row sums two positions.
+fn tiny_batch(rng: &mut Rng) -> TrainBatch {
+    let (b, t, lens) = (3, 8, [6, 5, 3]);
+    let mut ids: Vec<u32> = (0..b * t).map(|_| rng.below(V)).collect(); // padding: random ids
+    ids[t + 3] = ids[t + 1];
+    let mut targets = vec![-1i32; b * t];
+    for (s, &len) in lens.iter().enumerate() {
+        let mut any = false;
+        for p in 0..len - 1 {
+            if rng.below(10) < 6 {
+                targets[s * t + p] = ids[s * t + p + 1] as i32;
+                any = true;
+            }
+        }
+        if !any {
+            targets[s * t + len - 2] = ids[s * t + len - 1] as i32;
+        }
+    }
+    TrainBatch { b, t, ids, targets }
+}
+
+#[test]
+fn weight_gradients_match_finite_differences() {
+    let (cfg, w) = (tiny_config(), tiny_weights(9));
+    let mut rng = Rng(19);
+    let batch = tiny_batch(&mut rng);
+    let t = batch.t;
+    let params = reference::params_f64(&w);
+    let pg = reference::train_grads_f64(&cfg, &params, &batch);
+    let loss = reference::train_loss_f64(&cfg, &params, &batch);
+    assert_eq!(
+        pg.loss, loss,
+        "train_grads_f64 and train_loss_f64 disagree on the loss"
+    );
+    assert_eq!(
+        reference::train_grads(&cfg, &w, &batch).grads,
+        pg.grads,
+        "train_grads ≠ train_grads_f64 on the same values"
+    );
+    println!(
+        "batch: ids {:?}\n       targets {:?}\n       loss {loss:.9}",
+        batch.ids, batch.targets
+    );
+    let last = (0..t)
+        .rev()
+        .find(|&p| (0..batch.b).any(|s| batch.targets[s * t + p] >= 0))
+        .unwrap();
+    assert_eq!(
+        last, 4,
+        "the fixture must leave positions 5..8 without a target"
+    );
+
+    // wte rows: an id used as input and as a target (embedding + lm_head), the repeated id,
+    // a padding id, and an id that appears nowhere (lm_head only).
+    let in_batch = |id: u32| batch.ids.contains(&id);
+    let unused = (0..V as u32)
+        .find(|&id| !in_batch(id))
+        .expect("an id outside the batch");
+    let wte_rows = [
+        batch.targets.iter().find(|&&x| x >= 0).copied().unwrap() as usize,
+        batch.ids[t + 1] as usize,
+        batch.ids[2 * t + 6] as usize,
+        unused as usize,
+    ];
+    let (mut worst_abs, mut worst_rel) = (0.0f64, 0.0f64);
+    for (k, (name, tensor)) in w.named().iter().enumerate() {
+        let g = &pg.grads[k];
+        assert_eq!(g.len(), tensor.data().len(), "{name}: gradient size");
+        let n = g.len();
+        let cols = tensor.shape.last().copied().unwrap();
+        let mut entries: Vec<usize> = (0..4).map(|_| rng.below(n) as usize).collect();
+        if name == "wte.weight" {
+            entries.extend(wte_rows.iter().map(|&r| r * C + rng.below(C) as usize));
+        }
+        if name == "wpe.weight" {
+            // real positions 0..=last, then rows without any target: 5, 6, 7 and beyond T
+            entries = vec![
+                0,
+                C + 3,
+                last * C + 7,
+                (last + 1) * C + 2,
+                6 * C + 1,
+                7 * C + 14,
+                12 * C,
+            ];
+            assert!(
+                g[(last + 1) * C..].iter().all(|&x| x == 0.0),
+                "wpe rows after the last target must have exactly zero gradient"
+            );
+        }
+        // the last entry and the largest gradient of the tensor
+        let argmax = (0..n).fold(0, |a, i| if g[i].abs() > g[a].abs() { i } else { a });
+        entries.extend([n - 1, argmax]);
+        let scale = max_abs(g);
+        let tol = FD_TOL * scale.max(1.0);
+        let mut tensor_worst = 0.0f64;
+        for &i in &entries {
+            let fd = richardson(|e| {
+                let mut p = params.clone();
+                p[k][i] += e;
+                reference::train_loss_f64(&cfg, &p, &batch)
+            });
+            if name == "wpe.weight" && i >= (last + 1) * C {
+                assert!(
+                    fd == 0.0 && g[i] == 0.0,
+                    "wpe[{}, {}]: no target at or after this position, yet FD {fd:e}, analytic {:e}",
+                    i / C,
+                    i % C,
+                    g[i]
+                );
+            }
+            let d = (fd - g[i]).abs();
+            tensor_worst = tensor_worst.max(d);
+            assert!(
+                d <= tol,
+                "{name}[{}, {}]: analytic {:e} but finite difference {fd:e} (|Δ| {d:e} > tol {tol:e})",
+                i / cols,
+                i % cols,
+                g[i]
+            );
+        }
+        let rel = tensor_worst / scale.max(1e-300);
+        println!(
+            "{name:<22} {} entries: max |Δ| vs FD {tensor_worst:.2e}, max |grad| {scale:.2e}, relative {rel:.2e}",
+            entries.len()
+        );
+        worst_abs = worst_abs.max(tensor_worst);
+        worst_rel = worst_rel.max(rel);
+    }
+    println!("weight gradients vs FD: max |Δ| {worst_abs:.2e}, max relative (|Δ| / max |grad| of the tensor) {worst_rel:.2e}");
+    assert!(worst_rel < 1e-6, "relative FD error {worst_rel:e}");
 }

@@ -24,6 +24,8 @@ const HAS_PATCH: u32 = 1;
 /// Sizes and switches shared by all kernels of one layer.
 #[derive(Clone, Copy)]
 pub struct AttentionShape {
+    /// Sequences in the batch.
+    pub b: usize,
     pub t: usize,
     pub c: usize,
     pub nh: usize,
@@ -33,10 +35,10 @@ pub struct AttentionShape {
 
 /// The tensors of one layer's attention.
 pub struct AttentionBuffers<'a> {
-    pub qkv: &'a wgpu::Buffer,        // (T, 3C)
-    pub att: &'a wgpu::Buffer,        // (NH, T, T)
+    pub qkv: &'a wgpu::Buffer,        // (B·T, 3C)
+    pub att: &'a wgpu::Buffer,        // (B, NH, T, T)
     pub head_scale: &'a wgpu::Buffer, // (L, NH)
-    /// (NH, T, T) patch map M and its coefficient η, when patching.
+    /// (B, NH, T, T) patch map M and its coefficient η, when patching.
     pub patch: Option<(&'a wgpu::Buffer, f32)>,
 }
 
@@ -88,7 +90,7 @@ impl Attention {
         }
     }
 
-    /// att (NH, T, T) = causal softmax(Q·Kᵀ/sqrt(hs)); z (T, C) = s_h·(att + η·M)·V per head.
+    /// att (B, NH, T, T) = causal softmax(Q·Kᵀ/sqrt(hs)); z (B·T, C) = s_h·(att + η·M)·V per head.
     pub fn forward(
         &self,
         plan: &mut PlanBuilder,
@@ -102,7 +104,7 @@ impl Attention {
             &self.softmax_forward,
             &params,
             &[(1, b.qkv), (2, b.att)],
-            [s.t as u32, s.nh as u32, 1],
+            [s.t as u32, s.nh as u32, s.b as u32],
         );
         let patch = b.patch.map(|p| p.0).unwrap_or(&self.unused);
         plan.dispatch(
@@ -116,11 +118,11 @@ impl Attention {
                 (5, b.head_scale),
                 (6, z),
             ],
-            [(s.c as u32).div_ceil(64), s.t as u32, 1],
+            [(s.c as u32).div_ceil(64), s.t as u32, s.b as u32],
         );
     }
 
-    /// From dz = G (T, C): ra (NH, T, T) = R, and dqkv (T, 3C) = [dQ | dK | dV].
+    /// From dz = G (B·T, C): ra (B, NH, T, T) = R, and dqkv (B·T, 3C) = [dQ | dK | dV].
     pub fn backward(
         &self,
         plan: &mut PlanBuilder,
@@ -136,9 +138,9 @@ impl Attention {
             &self.scores_backward,
             &params,
             &[(1, b.qkv), (3, b.att), (5, b.head_scale), (7, dz), (8, ra)],
-            [s.t as u32, s.nh as u32, 1],
+            [s.t as u32, s.nh as u32, s.b as u32],
         );
-        let grid = [(s.c as u32).div_ceil(64), s.t as u32, 1];
+        let grid = [(s.c as u32).div_ceil(64), s.t as u32, s.b as u32];
         plan.dispatch(
             "attention_query_backward",
             &self.query_backward,

@@ -12,8 +12,22 @@ use crate::loss::LossTerm;
 struct Params {
     rows: u32,
     v: u32,
-    n_terms: u32,
-    _pad: u32,
+    _pad: [u32; 2],
+}
+
+/// The terms in the kernel's layout, grouped by row, and their CSR index `start` (R + 1): row r's
+/// terms are `terms[start[r]..start[r + 1]]`.
+pub fn gpu_terms(terms: &[LossTerm], rows: usize) -> (Vec<GpuTerm>, Vec<u32>) {
+    let mut sorted: Vec<&LossTerm> = terms.iter().collect();
+    sorted.sort_by_key(|t| t.row); // stable: a row's terms keep their order
+    let mut start = vec![0u32; rows + 1];
+    for t in &sorted {
+        start[t.row + 1] += 1;
+    }
+    for r in 0..rows {
+        start[r + 1] += start[r];
+    }
+    (sorted.into_iter().map(GpuTerm::from).collect(), start)
 }
 
 /// The GPU layout of a [`LossTerm`].
@@ -52,7 +66,8 @@ impl CrossEntropy {
         CrossEntropy { forward_backward }
     }
 
-    /// loss_rows (R) and dlogits (R, V) from logits (R, V), lse_scale (R) and `n_terms` terms.
+    /// loss_rows (R) and dlogits (R, V) from logits (R, V), lse_scale (R) and the terms with
+    /// their row index (see [`gpu_terms`]).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_backward(
         &self,
@@ -61,14 +76,13 @@ impl CrossEntropy {
         dlogits: &wgpu::Buffer,
         logits: &wgpu::Buffer,
         lse_scale: &wgpu::Buffer,
-        terms: &wgpu::Buffer,
-        (rows, v, n_terms): (usize, usize, usize),
+        (terms, term_start): (&wgpu::Buffer, &wgpu::Buffer),
+        (rows, v): (usize, usize),
     ) {
         let params = Params {
             rows: rows as u32,
             v: v as u32,
-            n_terms: n_terms as u32,
-            _pad: 0,
+            _pad: [0; 2],
         };
         plan.dispatch(
             "loss_forward_backward",
@@ -80,6 +94,7 @@ impl CrossEntropy {
                 (3, terms),
                 (4, dlogits),
                 (5, loss_rows),
+                (6, term_start),
             ],
             [rows as u32, 1, 1],
         );

@@ -1,6 +1,6 @@
 //! Token + position embedding over a wte split into row chunks (one storage binding cannot hold
-//! GPT-2's wte). Kernel: `shaders/embedding.wgsl`. Its backward is a weight gradient (dwte, dwpe),
-//! which RA does not need.
+//! GPT-2's wte), for B right-padded sequences of T tokens. Its backward is a weight gradient
+//! (dwte, dwpe), which training needs and RA does not. Kernels: `shaders/embedding.wgsl`.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -14,7 +14,13 @@ struct Params {
     c: u32,
     vocab_row0: u32,
     vocab_rows: u32,
+    rows: u32,
+    n_positions: u32,
+    flags: u32,
+    _pad: u32,
 }
+
+const ACCUMULATE: u32 = 1;
 
 /// A row range [row0, row0 + rows) of wte (V, C) in its own buffer.
 pub struct VocabChunk {
@@ -23,22 +29,57 @@ pub struct VocabChunk {
     pub rows: usize,
 }
 
+/// Rows of the batch grouped by token id (CSR), so the wte gradient reads only the rows of its
+/// token: rows with id v are `rows[start[v]..start[v + 1]]`.
+pub fn token_index(ids: &[u32], vocab_size: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut start = vec![0u32; vocab_size + 1]; // (V + 1)
+    for &id in ids {
+        start[id as usize + 1] += 1;
+    }
+    for v in 0..vocab_size {
+        start[v + 1] += start[v];
+    }
+    let mut fill = start.clone();
+    let mut rows = vec![0u32; ids.len()]; // (B·T)
+    for (r, &id) in ids.iter().enumerate() {
+        rows[fill[id as usize] as usize] = r as u32;
+        fill[id as usize] += 1;
+    }
+    (start, rows)
+}
+
+/// The buffers of the embedding backward.
+pub struct EmbeddingGrads<'a> {
+    pub dh: &'a wgpu::Buffer,          // (B·T, C) dL/dh_0
+    pub token_start: &'a wgpu::Buffer, // (V + 1)
+    pub token_rows: &'a wgpu::Buffer,  // (B·T)
+    pub dwte: &'a [VocabChunk],        // (V, C) in the same chunks as wte
+    pub dwpe: &'a wgpu::Buffer,        // (P, C)
+}
+
 pub struct Embedding {
     forward: wgpu::ComputePipeline,
+    token_backward: wgpu::ComputePipeline,
+    position_backward: wgpu::ComputePipeline,
 }
 
 impl Embedding {
     pub fn new(ctx: &GpuContext) -> Self {
-        let [forward] = pipelines(
+        let [forward, token_backward, position_backward] = pipelines(
             ctx,
             "embedding.wgsl",
             include_str!("../../shaders/embedding.wgsl"),
-            ["embedding_forward"],
+            ["embedding_forward", "token_backward", "position_backward"],
         );
-        Embedding { forward }
+        Embedding {
+            forward,
+            token_backward,
+            position_backward,
+        }
     }
 
-    /// out (T, C) = wte[ids] + wpe[0..T)
+    /// out (B·T, C) = wte[ids] + wpe[row mod T]
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         plan: &mut PlanBuilder,
@@ -46,22 +87,65 @@ impl Embedding {
         ids: &wgpu::Buffer,
         wte: &[VocabChunk],
         wpe: &wgpu::Buffer,
-        (t, c): (usize, usize),
+        (b, t, c): (usize, usize, usize),
     ) {
+        let rows = b * t;
+        assert!(rows <= 65_535, "B·T = {rows} rows exceed one dispatch dimension");
         for chunk in wte {
-            let params = Params {
-                t: t as u32,
-                c: c as u32,
-                vocab_row0: chunk.row0 as u32,
-                vocab_rows: chunk.rows as u32,
-            };
             plan.dispatch(
                 "embedding_forward",
                 &self.forward,
-                &params,
+                &Self::params(chunk, (b, t, c), 0, 0),
                 &[(1, ids), (2, &chunk.buffer), (3, wpe), (4, out)],
-                [(c as u32).div_ceil(64), t as u32, 1],
+                [(c as u32).div_ceil(64), rows as u32, 1],
             );
+        }
+    }
+
+    /// dwte (+)= the token rows of dh, dwpe = dh summed over the batch. `accumulate` adds to
+    /// dwte (which already holds the tied lm_head's gradient) instead of overwriting it.
+    pub fn backward(
+        &self,
+        plan: &mut PlanBuilder,
+        g: &EmbeddingGrads,
+        accumulate: bool,
+        (b, t, c, n_positions): (usize, usize, usize, usize),
+    ) {
+        let flags = if accumulate { ACCUMULATE } else { 0 };
+        for chunk in g.dwte {
+            plan.dispatch(
+                "embedding_token_backward",
+                &self.token_backward,
+                &Self::params(chunk, (b, t, c), n_positions, flags),
+                &[
+                    (5, g.dh),
+                    (6, g.token_start),
+                    (7, g.token_rows),
+                    (8, &chunk.buffer),
+                ],
+                [(c as u32).div_ceil(64), chunk.rows as u32, 1],
+            );
+        }
+        let first = &g.dwte[0];
+        plan.dispatch(
+            "embedding_position_backward",
+            &self.position_backward,
+            &Self::params(first, (b, t, c), n_positions, 0),
+            &[(5, g.dh), (9, g.dwpe)],
+            [(c as u32).div_ceil(64), n_positions as u32, 1],
+        );
+    }
+
+    fn params(chunk: &VocabChunk, (b, t, c): (usize, usize, usize), n_positions: usize, flags: u32) -> Params {
+        Params {
+            t: t as u32,
+            c: c as u32,
+            vocab_row0: chunk.row0 as u32,
+            vocab_rows: chunk.rows as u32,
+            rows: (b * t) as u32,
+            n_positions: n_positions as u32,
+            flags,
+            _pad: 0,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! LayerNorm: forward (with the mean and rstd the backward needs) and backward with the residual
-//! gradient added in the same pass. Kernels: `shaders/layernorm.wgsl`.
+//! LayerNorm: forward (with the mean and rstd the backward needs), backward with the residual
+//! gradient added in the same pass, and the gradients of its weight and bias.
+//! Kernels: `shaders/layernorm.wgsl`.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -23,6 +24,7 @@ const HAS_RESIDUAL: u32 = 1;
 pub struct LayerNorm {
     forward: wgpu::ComputePipeline,
     backward: wgpu::ComputePipeline,
+    param_backward: wgpu::ComputePipeline,
     unused: wgpu::Buffer,
 }
 
@@ -36,15 +38,20 @@ pub struct LayerNormSaved<'a> {
 
 impl LayerNorm {
     pub fn new(ctx: &GpuContext) -> Self {
-        let [forward, backward] = pipelines(
+        let [forward, backward, param_backward] = pipelines(
             ctx,
             "layernorm.wgsl",
             include_str!("../../shaders/layernorm.wgsl"),
-            ["layernorm_forward", "layernorm_backward"],
+            [
+                "layernorm_forward",
+                "layernorm_backward",
+                "layernorm_param_backward",
+            ],
         );
         LayerNorm {
             forward,
             backward,
+            param_backward,
             unused: ctx.storage("unused", 16),
         }
     }
@@ -117,6 +124,43 @@ impl LayerNorm {
                 (11, dx),
             ],
             grid_2d(rows as u32).0,
+        );
+    }
+
+    /// dw (C) = Σ_rows dout ⊙ x̂ and db (C) = Σ_rows dout, over the rows `dout` holds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_params(
+        &self,
+        plan: &mut PlanBuilder,
+        dw: &wgpu::Buffer,
+        db: &wgpu::Buffer,
+        dout: &wgpu::Buffer,
+        dout_rows: std::ops::Range<usize>,
+        saved: &LayerNormSaved,
+        c: usize,
+    ) {
+        let params = Params {
+            rows: dout_rows.end as u32,
+            c: c as u32,
+            eps: 0.0,
+            flags: 0,
+            dout_row0: dout_rows.start as u32,
+            dout_rows: dout_rows.len() as u32,
+            _pad: [0; 2],
+        };
+        plan.dispatch(
+            "layernorm_param_backward",
+            &self.param_backward,
+            &params,
+            &[
+                (1, saved.x),
+                (7, saved.mean),
+                (8, saved.rstd),
+                (9, dout),
+                (12, dw),
+                (13, db),
+            ],
+            [(c as u32).div_ceil(64), 1, 1],
         );
     }
 }

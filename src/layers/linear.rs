@@ -1,5 +1,6 @@
-//! Conv1D (HF GPT-2's linear layer, W stored [in, out]): forward y = x·W + b and backward to the
-//! input dx = dy·Wᵀ. Kernels: `shaders/linear.wgsl`.
+//! Conv1D (HF GPT-2's linear layer, W stored [in, out]): forward y = x·W + b, backward to the
+//! input dx = dy·Wᵀ, and the weight gradients dW = xᵀ·dy, db = Σ_rows dy.
+//! Kernels: `shaders/linear.wgsl` (portable) and `shaders/linear_subgroup.wgsl` (CPU adapters).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -54,15 +55,27 @@ impl<'a> Operand<'a> {
     }
 }
 
-/// C (M×N) = A (M×K) · op(B) [+ bias (N)] [+ residual (same layout as C)] [+ C].
+/// Which operand is read transposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmOp {
+    /// C = A·B: A (M×K), B (K×N). The forward y = x·W.
+    NN,
+    /// C = A·Bᵀ: A (M×K), B (N×K). The input gradient dx = dy·Wᵀ, and logits = x·wteᵀ.
+    NT,
+    /// C = Aᵀ·B: A (K×M), B (K×N). The weight gradient dW = xᵀ·dy.
+    TN,
+}
+
+/// C (M×N) = op(A) · op(B) [+ bias (N)] [+ residual (same layout as C)] [+ C].
 pub struct Gemm<'a> {
     pub m: usize,
     pub n: usize,
     pub k: usize,
+    /// (M×K), or (K×M) for `GemmOp::TN`.
     pub a: Operand<'a>,
-    /// (K×N) when not transposed, (N×K) when `transpose_b`.
+    /// (K×N), or (N×K) for `GemmOp::NT`.
     pub b: Operand<'a>,
-    pub transpose_b: bool,
+    pub op: GemmOp,
     pub c: Operand<'a>,
     pub bias: Option<&'a wgpu::Buffer>,
     pub residual: Option<&'a wgpu::Buffer>,
@@ -72,6 +85,8 @@ pub struct Gemm<'a> {
 pub struct Linear {
     nn: wgpu::ComputePipeline,
     nt: wgpu::ComputePipeline,
+    tn: wgpu::ComputePipeline,
+    column_sum: wgpu::ComputePipeline,
     /// `shaders/linear_subgroup.wgsl`'s GEMMs (nn, nt, one-row nt), on CPU adapters with
     /// 8-lane subgroups.
     subgroup: Option<[wgpu::ComputePipeline; 3]>,
@@ -86,11 +101,11 @@ impl Linear {
 
     /// `use_subgroups` = false forces the portable kernels (tests compare both families).
     pub fn with_subgroup_kernels(ctx: &GpuContext, use_subgroups: bool) -> Self {
-        let [nn, nt] = pipelines(
+        let [nn, nt, tn, column_sum] = pipelines(
             ctx,
             "linear.wgsl",
             include_str!("../../shaders/linear.wgsl"),
-            ["matmul_nn", "matmul_nt"],
+            ["matmul_nn", "matmul_nt", "matmul_tn", "column_sum"],
         );
         let subgroup = (use_subgroups && ctx.subgroups_of_8).then(|| {
             pipelines(
@@ -103,6 +118,8 @@ impl Linear {
         Linear {
             nn,
             nt,
+            tn,
+            column_sum,
             subgroup,
             unused: ctx.storage("unused", 16),
         }
@@ -129,7 +146,7 @@ impl Linear {
                 k,
                 a: Operand::new(x, k),
                 b: Operand::new(w, n),
-                transpose_b: false,
+                op: GemmOp::NN,
                 c: Operand::new(out, n),
                 bias: b,
                 residual,
@@ -156,12 +173,79 @@ impl Linear {
                 k: n,
                 a: Operand::new(dout, n),
                 b: Operand::new(w, n),
-                transpose_b: true,
+                op: GemmOp::NT,
                 c: Operand::new(dx, k),
                 bias: None,
                 residual: None,
                 accumulate: false,
             },
+        );
+    }
+
+    /// dw (K, N) = xᵀ·dout and db (N) = Σ_rows dout, differentiating out = x·w + b in w and b.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_weights(
+        &self,
+        plan: &mut PlanBuilder,
+        dw: &wgpu::Buffer,
+        db: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        dout: &wgpu::Buffer,
+        (m, k, n): (usize, usize, usize),
+    ) {
+        self.gemm(
+            plan,
+            "linear_backward_weight",
+            &Gemm {
+                m: k,
+                n,
+                k: m,
+                a: Operand::new(x, k),
+                b: Operand::new(dout, n),
+                op: GemmOp::TN,
+                c: Operand::new(dw, n),
+                bias: None,
+                residual: None,
+                accumulate: false,
+            },
+        );
+        self.column_sum(plan, "linear_backward_bias", db, Operand::new(dout, n), (m, n));
+    }
+
+    /// out (N) = Σ_{r < rows} a[r, 0..N).
+    pub fn column_sum(
+        &self,
+        plan: &mut PlanBuilder,
+        label: &'static str,
+        out: &wgpu::Buffer,
+        a: Operand,
+        (rows, n): (usize, usize),
+    ) {
+        let params = Params {
+            m: 1,
+            n: n as u32,
+            k: rows as u32,
+            flags: 0,
+            lda: a.ld,
+            ldb: 0,
+            ldc: n as u32,
+            _pad0: 0,
+            a_off: a.offset,
+            b_off: 0,
+            c_off: 0,
+            _pad1: 0,
+        };
+        plan.dispatch(
+            label,
+            &self.column_sum,
+            &params,
+            &[
+                (1, a.buffer),
+                (3, &self.unused),
+                (4, &self.unused),
+                (5, out),
+            ],
+            [(n as u32).div_ceil(64), 1, 1],
         );
     }
 
@@ -205,7 +289,7 @@ impl Linear {
             .into_iter()
             .all(quads);
         match &self.subgroup {
-            Some([nn, _, _]) if !g.transpose_b && vec4_ok && quads(n) => {
+            Some([nn, _, _]) if g.op == GemmOp::NN && vec4_ok && quads(n) => {
                 plan.dispatch(
                     label,
                     nn,
@@ -214,7 +298,7 @@ impl Linear {
                     [n.div_ceil(32), m.div_ceil(16), 1],
                 );
             }
-            Some([_, nt, _]) if g.transpose_b && vec4_ok && m >= 8 => {
+            Some([_, nt, _]) if g.op == GemmOp::NT && vec4_ok && m >= 8 => {
                 plan.dispatch(
                     label,
                     nt,
@@ -224,11 +308,15 @@ impl Linear {
                 );
             }
             // The lm_head at one position: a 16-row tile would waste most of its work.
-            Some([_, _, nt_row]) if g.transpose_b && vec4_ok && m == 1 => {
+            Some([_, _, nt_row]) if g.op == GemmOp::NT && vec4_ok && m == 1 => {
                 plan.dispatch(label, nt_row, &params, &common, [n.div_ceil(8), 1, 1]);
             }
             _ => {
-                let pipeline = if g.transpose_b { &self.nt } else { &self.nn };
+                let pipeline = match g.op {
+                    GemmOp::NN => &self.nn,
+                    GemmOp::NT => &self.nt,
+                    GemmOp::TN => &self.tn,
+                };
                 plan.dispatch(
                     label,
                     pipeline,

@@ -148,7 +148,7 @@ pub fn grid_2d(n: u32) -> ([u32; 3], u32) {
     }
 }
 
-pub(crate) fn pipelines<const N: usize>(
+pub fn pipelines<const N: usize>(
     ctx: &GpuContext,
     label: &str,
     source: &str,

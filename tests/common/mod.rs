@@ -72,3 +72,41 @@ pub fn gpu() -> GpuContext {
     };
     GpuContext::new(choice).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
 }
+
+/// A tensor of a golden safetensors file as f64 (stored as F32 or F64).
+pub fn st_f64(st: &safetensors::SafeTensors, name: &str) -> Vec<f64> {
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
+    match t.dtype() {
+        safetensors::Dtype::F32 => t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
+        safetensors::Dtype::F64 => t
+            .data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        other => panic!("golden tensor {name}: dtype {other:?}, expected F32 or F64"),
+    }
+}
+
+/// An I32 tensor of a golden safetensors file.
+pub fn st_i32(st: &safetensors::SafeTensors, name: &str) -> Vec<i32> {
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
+    assert_eq!(t.dtype(), safetensors::Dtype::I32, "golden tensor {name}");
+    t.data()
+        .chunks_exact(4)
+        .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+/// The string metadata of a safetensors file.
+pub fn st_metadata(bytes: &[u8]) -> std::collections::HashMap<String, String> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).expect("safetensors header");
+    meta.metadata().clone().unwrap_or_default()
+}
