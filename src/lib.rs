@@ -21,6 +21,8 @@ pub mod pass;
 pub mod ra;
 pub mod reference;
 pub mod render;
+pub mod tasks;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};

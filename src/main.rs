@@ -10,6 +10,9 @@ use revattn::gpu::{self, BackendChoice, GpuContext};
 use revattn::init::{self, InitArgs};
 use revattn::loss::LossKind;
 use revattn::maps::{self, MapsArgs};
+use revattn::tasks;
+use revattn::optim::AdamW;
+use revattn::train::{self, TrainArgs, TrainSettings};
 use revattn::Result;
 
 /// Reversed Attention for GPT-2: the attention map the backward pass computes, R = dL/d(QKᵀ),
@@ -88,8 +91,94 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write a synthetic in-context-learning task suite (deterministic for a seed): 4 abstractive
+    /// tasks (copy, antonym, translation, category) and 3 extractive ones (first, middle, last)
+    /// over made-up words, as abstractive/<task>.json and extractive/<task>.json in the
+    /// function_vectors format, a tokenizer.json with one token per word, and suite.json (seed,
+    /// vocabulary, prompt template, train/test split rule).
+    Tasks {
+        /// Output directory (new or empty; files appear only once all are written).
+        #[arg(long)]
+        out: PathBuf,
+        /// The same seed gives byte-identical files.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Train a GPT-2 on a task suite (`revattn tasks`) on the GPU: forward, backward with weight
+    /// gradients and AdamW in WGSL. Batches of random n-shot episodes (n = 0 … --max-shots) with
+    /// the loss on every answer token; periodic 0/1/5/10-shot evaluation on held-out queries;
+    /// checkpoints in HF layout (plus optimizer state), resumable, deterministic per seed and
+    /// adapter.
+    Train {
+        /// Task suite directory written by `revattn tasks`.
+        #[arg(long)]
+        tasks: PathBuf,
+        /// L,H,C: layers, heads, n_embd (n_inner = 4·C).
+        #[arg(long, default_value = "4,4,64")]
+        config: String,
+        /// Optimizer steps (a resumed run may raise it).
+        #[arg(long, default_value_t = 2000)]
+        steps: usize,
+        /// Episodes per step.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Longest episode in tokens; also the model's n_positions.
+        #[arg(long, default_value_t = 160)]
+        seq: usize,
+        /// Peak learning rate (after warmup; cosine decay to --min-lr-ratio · lr).
+        #[arg(long, default_value_t = 3e-3)]
+        lr: f32,
+        #[arg(long, default_value_t = 100)]
+        warmup: usize,
+        #[arg(long, default_value_t = 0.1)]
+        min_lr_ratio: f32,
+        /// AdamW decoupled weight decay (matrices and embeddings only).
+        #[arg(long, default_value_t = 0.1)]
+        weight_decay: f32,
+        /// Global gradient-norm clip (0 = off).
+        #[arg(long, default_value_t = 1.0)]
+        grad_clip: f32,
+        /// Most demonstrations in a training episode.
+        #[arg(long, default_value_t = 10)]
+        max_shots: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Evaluate every this many steps (0 = only at the end).
+        #[arg(long, default_value_t = 250)]
+        eval_every: usize,
+        /// Held-out queries per task and shot count in periodic evaluations (the final one uses all).
+        #[arg(long, default_value_t = 64)]
+        eval_queries: usize,
+        /// Write a checkpoint every this many steps (0 = only at the end).
+        #[arg(long, default_value_t = 250)]
+        checkpoint_every: usize,
+        /// Continue the run whose checkpoint is in --out.
+        #[arg(long)]
+        resume: bool,
+        /// Output directory: the model in HF layout, optimizer.safetensors, train_state.json.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// List the adapters wgpu finds, the one revattn would choose, its limits and features.
     Info,
+}
+
+fn train_command(args: &TrainArgs, backend: BackendChoice) -> Result<()> {
+    if backend == BackendChoice::Cpu {
+        return Err(revattn::Error::Input(
+            "training runs on a GPU adapter; --backend cpu is the reference for single passes".into(),
+        ));
+    }
+    let ctx = GpuContext::new(backend)?;
+    eprintln!("training on {}", ctx.describe());
+    let report = train::run(args, ctx)?;
+    println!(
+        "trained {} steps in {:.0} s on {}; final loss {:.4}",
+        report.steps, report.train_seconds, report.adapter, report.final_loss
+    );
+    println!("held-out top-1 accuracy:\n{}", report.evaluation.table());
+    println!("wrote {}", args.out.display());
+    Ok(())
 }
 
 fn info(choice: BackendChoice) -> Result<()> {
@@ -210,6 +299,52 @@ fn main() -> ExitCode {
                 out,
             };
             init::run(&args).map(|cfg| println!("{}", init::describe(&cfg, &args.out)))
+        }
+        Command::Tasks { out, seed } => tasks::run(&out, seed).map(|report| print!("{report}")),
+        Command::Train {
+            tasks,
+            config,
+            steps,
+            batch,
+            seq,
+            lr,
+            warmup,
+            min_lr_ratio,
+            weight_decay,
+            grad_clip,
+            max_shots,
+            seed,
+            eval_every,
+            eval_queries,
+            checkpoint_every,
+            resume,
+            out,
+        } => {
+            let args = TrainArgs {
+                tasks,
+                out,
+                resume,
+                settings: TrainSettings {
+                    config,
+                    seq,
+                    steps,
+                    batch,
+                    max_shots,
+                    seed,
+                    warmup,
+                    min_lr_ratio,
+                    adamw: AdamW {
+                        lr,
+                        weight_decay,
+                        grad_clip,
+                        ..AdamW::default()
+                    },
+                    eval_every,
+                    eval_queries,
+                    checkpoint_every,
+                },
+            };
+            train_command(&args, cli.backend)
         }
         Command::Info => info(cli.backend),
     };
