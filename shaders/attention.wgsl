@@ -12,6 +12,9 @@
 //   query_backward        dQ = R·K         (differentiates P = Q·Kᵀ in Q)
 //   key_value_backward    dK = Rᵀ·Q        (… in K)   and   dV = (A + η·M)ᵀ·G_h   (differentiates Z)
 // Every output element has one writer: rows of A/R per workgroup, dQ per query row, dK/dV per key row.
+// The *_vec4 entry points are the same kernels reading Q, K, V, G and writing Z, dQKV as vec4s
+// (4 channels per load and per invocation: a quarter of the loads), used when hs and C are
+// multiples of 4 (every GPT-2 size); they bind the same buffers at bindings 11–14.
 
 struct Params {
     t: u32, c: u32, nh: u32, hs: u32,
@@ -32,6 +35,10 @@ const WG: u32 = 64u;
 @group(0) @binding(8) var<storage, read_write> ra_out: array<f32>; // (B, NH, T, T)
 @group(0) @binding(9) var<storage, read> ra: array<f32>;           // (B, NH, T, T)
 @group(0) @binding(10) var<storage, read_write> dqkv: array<f32>;  // (B·T, 3C)
+@group(0) @binding(11) var<storage, read> qkv4: array<vec4<f32>>;         // (B·T, 3C/4)
+@group(0) @binding(12) var<storage, read_write> z4: array<vec4<f32>>;     // (B·T, C/4)
+@group(0) @binding(13) var<storage, read> dz4: array<vec4<f32>>;          // (B·T, C/4)
+@group(0) @binding(14) var<storage, read_write> dqkv4: array<vec4<f32>>;  // (B·T, 3C/4)
 
 var<workgroup> partial: array<f32, WG>;
 
@@ -205,4 +212,223 @@ fn key_value_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     dqkv[(r0 + j) * 3u * p.c + p.c + col] = dk;
     dqkv[(r0 + j) * 3u * p.c + 2u * p.c + col] = gs * dv;
+}
+
+// ---- vec4 variants (hs % 4 == 0, C % 4 == 0); indices in vec4 units ----
+
+// Quad d4 of head h's Q, K or V in row r (block 0, 1, 2 of the row).
+fn qkv_quad(r: u32, block: u32, h: u32, d4: u32) -> vec4<f32> {
+    return qkv4[r * (3u * p.c / 4u) + block * (p.c / 4u) + h * (p.hs / 4u) + d4];
+}
+
+fn dot_q_k(qi: u32, kj: u32, h: u32) -> f32 {
+    var s = 0.0;
+    for (var d4 = 0u; d4 < p.hs / 4u; d4++) {
+        s += dot(qkv_quad(qi, 0u, h, d4), qkv_quad(kj, 1u, h, d4));
+    }
+    return s;
+}
+
+@compute @workgroup_size(64)
+fn softmax_forward_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let i = wid.x;
+    let h = wid.y;
+    let r0 = wid.z * p.t;
+    let lid = lid3.x;
+    let row = att_row(wid.z, h, i);
+    var m = -3.0e38;
+    for (var j = lid; j <= i; j += WG) {
+        let s = dot_q_k(r0 + i, r0 + j, h) * p.scale;
+        att_out[row + j] = s;
+        m = max(m, s);
+    }
+    m = workgroup_reduce(m, lid, true);
+    var sum = 0.0;
+    for (var j = lid; j <= i; j += WG) {
+        let e = exp(att_out[row + j] - m);
+        att_out[row + j] = e;
+        sum += e;
+    }
+    let inv = 1.0 / workgroup_reduce(sum, lid, false);
+    for (var j = lid; j < p.t; j += WG) {
+        if (j <= i) {
+            att_out[row + j] *= inv;
+        } else {
+            att_out[row + j] = 0.0;
+        }
+    }
+}
+
+// One invocation per (row i, channel quad).
+@compute @workgroup_size(64)
+fn values_forward_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c4 = gid.x;
+    let i = gid.y;
+    if (c4 >= p.c / 4u || i >= p.t) {
+        return;
+    }
+    let r0 = gid.z * p.t;
+    let h = 4u * c4 / p.hs;
+    let row = att_row(gid.z, h, i);
+    var j_end = i + 1u;
+    if ((p.flags & HAS_PATCH) != 0u) {
+        j_end = p.t;
+    }
+    let v0 = 2u * p.c / 4u + c4;
+    var acc = vec4<f32>(0.0);
+    for (var j = 0u; j < j_end; j++) {
+        acc += used_att(row + j) * qkv4[(r0 + j) * (3u * p.c / 4u) + v0];
+    }
+    z4[(r0 + i) * (p.c / 4u) + c4] = head_scale[p.head_scale_off + h] * acc;
+}
+
+@compute @workgroup_size(64)
+fn scores_backward_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let i = wid.x;
+    let h = wid.y;
+    let r0 = wid.z * p.t;
+    let lid = lid3.x;
+    let row = att_row(wid.z, h, i);
+    let gs = head_scale[p.head_scale_off + h];
+    let g0 = (r0 + i) * (p.c / 4u) + h * (p.hs / 4u);
+    var r = 0.0;
+    for (var j = lid; j <= i; j += WG) {
+        var da = 0.0;
+        for (var d4 = 0u; d4 < p.hs / 4u; d4++) {
+            da += dot(dz4[g0 + d4], qkv_quad(r0 + j, 2u, h, d4));
+        }
+        da *= gs;
+        ra_out[row + j] = da;
+        r += att[row + j] * da;
+    }
+    r = workgroup_reduce(r, lid, false);
+    for (var j = lid; j < p.t; j += WG) {
+        if (j <= i) {
+            ra_out[row + j] = att[row + j] * (ra_out[row + j] - r) * p.scale;
+        } else {
+            ra_out[row + j] = 0.0;
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn query_backward_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c4 = gid.x;
+    let i = gid.y;
+    if (c4 >= p.c / 4u || i >= p.t) {
+        return;
+    }
+    let r0 = gid.z * p.t;
+    let h = 4u * c4 / p.hs;
+    let row = att_row(gid.z, h, i);
+    let k0 = p.c / 4u + c4;
+    var acc = vec4<f32>(0.0);
+    for (var j = 0u; j <= i; j++) {
+        acc += ra[row + j] * qkv4[(r0 + j) * (3u * p.c / 4u) + k0];
+    }
+    dqkv4[(r0 + i) * (3u * p.c / 4u) + c4] = acc;
+}
+
+@compute @workgroup_size(64)
+fn key_value_backward_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c4 = gid.x;
+    let j = gid.y;
+    if (c4 >= p.c / 4u || j >= p.t) {
+        return;
+    }
+    let r0 = gid.z * p.t;
+    let h = 4u * c4 / p.hs;
+    let gs = head_scale[p.head_scale_off + h];
+    let stride = 3u * p.c / 4u;
+    var dk = vec4<f32>(0.0);
+    for (var i = j; i < p.t; i++) {
+        dk += ra[att_row(gid.z, h, i) + j] * qkv4[(r0 + i) * stride + c4];
+    }
+    var i0 = j;
+    if ((p.flags & HAS_PATCH) != 0u) {
+        i0 = 0u;
+    }
+    var dv = vec4<f32>(0.0);
+    for (var i = i0; i < p.t; i++) {
+        dv += used_att(att_row(gid.z, h, i) + j) * dz4[(r0 + i) * (p.c / 4u) + c4];
+    }
+    dqkv4[(r0 + j) * stride + p.c / 4u + c4] = dk;
+    dqkv4[(r0 + j) * stride + 2u * p.c / 4u + c4] = gs * dv;
+}
+
+// ---- one invocation per row (CPU adapters: llvmpipe runs a workgroup's lanes as SIMD on one
+// thread, so a 64-wide workgroup per row wastes the idle lanes of short rows and pays for every
+// barrier of its reductions; a row per invocation has neither). Grid: (ceil(T/64), NH, B).
+
+@compute @workgroup_size(64)
+fn softmax_forward_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= p.t) {
+        return;
+    }
+    let h = gid.y;
+    let r0 = gid.z * p.t;
+    let row = att_row(gid.z, h, i);
+    var m = -3.0e38;
+    for (var j = 0u; j <= i; j++) {
+        var s = 0.0;
+        if (p.hs % 4u == 0u) {
+            s = dot_q_k(r0 + i, r0 + j, h);
+        } else {
+            for (var d = 0u; d < p.hs; d++) {
+                s += q_at(r0 + i, h, d) * k_at(r0 + j, h, d);
+            }
+        }
+        s *= p.scale;
+        att_out[row + j] = s;
+        m = max(m, s);
+    }
+    var sum = 0.0;
+    for (var j = 0u; j <= i; j++) {
+        let e = exp(att_out[row + j] - m);
+        att_out[row + j] = e;
+        sum += e;
+    }
+    let inv = 1.0 / sum;
+    for (var j = 0u; j <= i; j++) {
+        att_out[row + j] *= inv;
+    }
+    for (var j = i + 1u; j < p.t; j++) {
+        att_out[row + j] = 0.0;
+    }
+}
+
+@compute @workgroup_size(64)
+fn scores_backward_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= p.t) {
+        return;
+    }
+    let h = gid.y;
+    let r0 = gid.z * p.t;
+    let row = att_row(gid.z, h, i);
+    let gs = head_scale[p.head_scale_off + h];
+    var r = 0.0;
+    for (var j = 0u; j <= i; j++) {
+        var da = 0.0;
+        if (p.hs % 4u == 0u) {
+            let g0 = (r0 + i) * (p.c / 4u) + h * (p.hs / 4u);
+            for (var d4 = 0u; d4 < p.hs / 4u; d4++) {
+                da += dot(dz4[g0 + d4], qkv_quad(r0 + j, 2u, h, d4));
+            }
+        } else {
+            for (var d = 0u; d < p.hs; d++) {
+                da += dz[(r0 + i) * p.c + h * p.hs + d] * v_at(r0 + j, h, d);
+            }
+        }
+        da *= gs;
+        ra_out[row + j] = da;
+        r += att[row + j] * da;
+    }
+    for (var j = 0u; j <= i; j++) {
+        ra_out[row + j] = att[row + j] * (ra_out[row + j] - r) * p.scale;
+    }
+    for (var j = i + 1u; j < p.t; j++) {
+        ra_out[row + j] = 0.0;
+    }
 }

@@ -20,6 +20,10 @@ const WG: u32 = 64u;
 @group(0) @binding(2) var<storage, read> lse_scale: array<f32>;       // (R)
 @group(0) @binding(3) var<storage, read> terms: array<Term>;          // (n_terms) sorted by row
 @group(0) @binding(6) var<storage, read> term_start: array<u32>;      // (R + 1)
+@group(0) @binding(7) var<storage, read> row_ids: array<u32>;         // (R) gathered rows
+@group(0) @binding(8) var<storage, read> rows_in: array<f32>;         // gather: (N, C); scatter: (R, C)
+@group(0) @binding(9) var<storage, read_write> rows_out: array<f32>;  // gather: (R, C); scatter: (N, C)
+@group(0) @binding(10) var<storage, read> row_slot: array<i32>;       // (N) index into the R rows, or −1
 @group(0) @binding(4) var<storage, read_write> dlogits: array<f32>;   // (R, V)
 @group(0) @binding(5) var<storage, read_write> loss_rows: array<f32>; // (R)
 
@@ -73,4 +77,34 @@ fn loss_forward_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
         }
         loss_rows[r] = loss;
     }
+}
+
+// When the loss reads scattered rows (a training batch: the answer positions), the lm_head and
+// the loss run on those rows only: gather_rows copies them out of ln_f's output, scatter_rows puts
+// their gradient back into a full (N, C) buffer, zero at every other row. Params: rows = R (gather)
+// or N (scatter), v = C.
+
+@compute @workgroup_size(64)
+fn gather_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let col = gid.x;
+    let r = gid.y;
+    if (col >= p.v || r >= p.rows) {
+        return;
+    }
+    rows_out[r * p.v + col] = rows_in[row_ids[r] * p.v + col];
+}
+
+@compute @workgroup_size(64)
+fn scatter_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let col = gid.x;
+    let n = gid.y;
+    if (col >= p.v || n >= p.rows) {
+        return;
+    }
+    let slot = row_slot[n];
+    var g = 0.0;
+    if (slot >= 0) {
+        g = rows_in[u32(slot) * p.v + col];
+    }
+    rows_out[n * p.v + col] = g;
 }

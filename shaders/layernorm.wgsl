@@ -128,3 +128,65 @@ fn layernorm_param_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     dw[col] = sw;
     db[col] = sb;
 }
+
+// ---- one invocation per row (CPU adapters: no barriers, no reductions across lanes) ----
+
+@compute @workgroup_size(64)
+fn layernorm_forward_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x + gid.y * 65535u * 64u;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.c;
+    var s = 0.0;
+    for (var i = 0u; i < p.c; i++) {
+        s += x[base + i];
+    }
+    let mu = s / f32(p.c);
+    var s2 = 0.0;
+    for (var i = 0u; i < p.c; i++) {
+        let d = x[base + i] - mu;
+        s2 += d * d;
+    }
+    let r = inverseSqrt(s2 / f32(p.c) + p.eps);
+    for (var i = 0u; i < p.c; i++) {
+        out[base + i] = (x[base + i] - mu) * r * w[i] + bias[i];
+    }
+    mean_out[row] = mu;
+    rstd_out[row] = r;
+}
+
+@compute @workgroup_size(64)
+fn layernorm_backward_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x + gid.y * 65535u * 64u;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.c;
+    let has_dout = row >= p.dout_row0 && row < p.dout_row0 + p.dout_rows;
+    let dbase = (row - min(row, p.dout_row0)) * p.c;
+    let mu = mean[row];
+    let r = rstd[row];
+    var sg = 0.0;
+    var sgx = 0.0;
+    if (has_dout) {
+        for (var i = 0u; i < p.c; i++) {
+            let g = dout[dbase + i] * w[i];
+            sg += g;
+            sgx += g * (x[base + i] - mu) * r;
+        }
+    }
+    let mean_g = sg / f32(p.c);
+    let mean_gx = sgx / f32(p.c);
+    for (var i = 0u; i < p.c; i++) {
+        var v = 0.0;
+        if (has_dout) {
+            let xhat = (x[base + i] - mu) * r;
+            v = (dout[dbase + i] * w[i] - mean_g - xhat * mean_gx) * r;
+        }
+        if ((p.flags & HAS_RESIDUAL) != 0u) {
+            v += dresidual[base + i];
+        }
+        dx[base + i] = v;
+    }
+}

@@ -1,6 +1,7 @@
 // Conv1D GEMMs for CPU adapters (lavapipe/llvmpipe), the same math as linear.wgsl:
 //   matmul_nn_sg   C = A·B    forward y = x·W + b (+ residual)
 //   matmul_nt_sg   C = A·Bᵀ   backward dx = dy·Wᵀ
+//   matmul_tn_sg   C = Aᵀ·B   weight gradient dW = xᵀ·dy
 // llvmpipe runs the 8 invocations of a subgroup as SIMD lanes and a workgroup on one thread. Every
 // load from a buffer costs far more than the FMAs it feeds (measured: a loop of 16 vec4 FMAs per vec4
 // load runs at 1/15 of the same loop without the load), so what counts is FMAs per loaded value:
@@ -114,6 +115,40 @@ fn matmul_nt_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocat
     }
     for (var r = 0u; r < 16u; r++) {
         store(row0 + r, col, dot(acc[r], vec4<f32>(1.0)));
+    }
+}
+
+// C tile: 16 rows × 32 columns of C = Aᵀ·B (A is K×M, so row k of A holds the tile's 16 rows
+// contiguously); lane l owns vec4 column l of the tile. Two k per step: lanes 0–3 load the 4 A
+// quads of row k, lanes 4–7 those of row k + 1, and subgroupShuffle hands them to every lane; each
+// lane loads its B quad of rows k and k + 1. 3 loads feed 32 vec4 FMAs.
+@compute @workgroup_size(8)
+fn matmul_tn_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let row0 = wid.y * 16u;
+    let cv = wid.x * 8u + lane;
+    let lda4 = p.lda / 4u;
+    let ldb4 = p.ldb / 4u;
+    let bcol = p.b_off / 4u + min(cv, p.n / 4u - 1u);
+    let a_col = p.a_off / 4u + min(row0 / 4u + lane % 4u, p.m / 4u - 1u);
+    let second = lane >= 4u;
+    var acc: array<vec4<f32>, 16>; // row r of the tile
+    for (var k = 0u; k < p.k; k += 2u) {
+        let k1 = min(k + 1u, p.k - 1u);
+        let keep1 = select(0.0, 1.0, k + 1u < p.k); // odd K: the last step's second row is 0
+        let qa = a4[a_col + select(k, k1, second) * lda4];
+        let b0 = b4[bcol + k * ldb4];
+        let b1 = keep1 * b4[bcol + k1 * ldb4];
+        for (var q = 0u; q < 4u; q++) {
+            let x0 = from_lane(qa, q);      // A[k, row0 + 4q … 4q + 3]
+            let x1 = from_lane(qa, q + 4u); // A[k + 1, …]
+            acc[4u * q] += x0.x * b0 + x1.x * b1;
+            acc[4u * q + 1u] += x0.y * b0 + x1.y * b1;
+            acc[4u * q + 2u] += x0.z * b0 + x1.z * b1;
+            acc[4u * q + 3u] += x0.w * b0 + x1.w * b1;
+        }
+    }
+    for (var r = 0u; r < 16u; r++) {
+        store4(row0 + r, 4u * cv, acc[r]);
     }
 }
 

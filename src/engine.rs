@@ -202,7 +202,7 @@ struct PlanKey {
     /// Tokens per sequence.
     t: usize,
     /// Rows of the (B·T) row space whose logits the loss reads.
-    rows: Range<usize>,
+    rows: LossRows,
     /// Room for this many loss terms (the count itself changes from batch to batch).
     terms_capacity: usize,
     /// η when patching (η is baked into the plan's parameters).
@@ -210,6 +210,25 @@ struct PlanKey {
     backward: bool,
     /// Also the gradient of every parameter (training).
     weight_grads: bool,
+}
+
+/// Which rows the lm_head and the loss run on.
+#[derive(Debug, Clone, PartialEq)]
+enum LossRows {
+    /// Consecutive rows (one prompt: the last position, or the target span of `ce`).
+    Range(Range<usize>),
+    /// Rows listed per call (a batch's answer positions), gathered out of ln_f's output; room
+    /// for `capacity` of them (unused slots carry no loss).
+    Gather { capacity: usize },
+}
+
+impl LossRows {
+    fn len(&self) -> usize {
+        match self {
+            LossRows::Range(r) => r.len(),
+            LossRows::Gather { capacity } => *capacity,
+        }
+    }
 }
 
 /// LayerNorm statistics of one LayerNorm instance.
@@ -251,6 +270,8 @@ struct Workspace {
     patch: Vec<wgpu::Buffer>,  // L × (B, NH, T, T), only when patching
     token_start: wgpu::Buffer, // (V + 1) u32, ids grouped by token (weight gradients only)
     token_rows: wgpu::Buffer,  // (N) u32
+    row_ids: wgpu::Buffer,     // (R) u32 the gathered loss rows (LossRows::Gather)
+    row_slot: wgpu::Buffer,    // (N) i32 each row's index into them, or −1
     // forward, kept for the backward
     hidden: Vec<wgpu::Buffer>, // L+1 × (N, C): input of block l; hidden[L] is ln_f's input
     ln_1: Vec<LnStats>,        // L
@@ -265,7 +286,8 @@ struct Workspace {
     z: LayerSlots,        // (N, C) concatenated head outputs, attn c_proj's input
     ln_2_out: LayerSlots, // (N, C) LN2 output, c_fc's input
     fc_act: LayerSlots,   // (N, F) gelu output, mlp c_proj's input
-    ln_f_out: wgpu::Buffer, // (N, C) the lm_head's input
+    ln_f_out: wgpu::Buffer, // (N, C) ln_f's output
+    ln_f_rows: wgpu::Buffer, // (R, C) its loss rows, when gathered: the lm_head's input
     // loss
     logits: wgpu::Buffer,    // (R, V)
     dlogits: wgpu::Buffer,   // (R, V)
@@ -302,6 +324,7 @@ impl Workspace {
             rstd: buf(label, n),
         };
         let (bwd, wg) = (key.backward, key.weight_grads);
+        let gather = matches!(key.rows, LossRows::Gather { .. });
         let slots = |label: &str, floats: usize| LayerSlots::new(ctx, label, floats, nl, wg);
         let mut ws = Workspace {
             ids: buf("ids", n),
@@ -316,6 +339,8 @@ impl Workspace {
             },
             token_start: buf("token_start", if wg { v + 1 } else { 1 }),
             token_rows: buf("token_rows", if wg { n } else { 1 }),
+            row_ids: buf("row_ids", if gather { r } else { 1 }),
+            row_slot: buf("row_slot", if gather { n } else { 1 }),
             hidden: (0..=nl).map(|_| buf("hidden", n * c)).collect(),
             ln_1: (0..nl).map(|_| stats("ln_1 stats")).collect(),
             qkv: per_layer("qkv", n * 3 * c),
@@ -329,6 +354,7 @@ impl Workspace {
             ln_2_out: slots("ln_2_out", n * c),
             fc_act: slots("fc_act", n * f),
             ln_f_out: buf("ln_f_out", n * c),
+            ln_f_rows: buf("ln_f_rows", if gather { r * c } else { 1 }),
             logits: buf("logits", r * v),
             dlogits: buf("dlogits", r * v),
             loss_rows: buf("loss_rows", r),
@@ -415,7 +441,14 @@ impl Workspace {
         let lnf = &self.ln_f;
         ln.forward(p, &self.ln_f_out, &lnf.mean, &lnf.rstd, h_last, &w.ln_f_w, &w.ln_f_b, (n, c), eps);
         // Tied lm_head at the loss rows only: logits (R, V) = ln_f(h)[rows] · wteᵀ, one GEMM per chunk.
-        let ln_f_rows = Operand::new(&self.ln_f_out, c).at(key.rows.start * c);
+        let ln_f_rows = match &key.rows {
+            LossRows::Range(rows) => Operand::new(&self.ln_f_out, c).at(rows.start * c),
+            LossRows::Gather { .. } => {
+                k.cross_entropy
+                    .gather_rows(p, &self.ln_f_rows, &self.ln_f_out, &self.row_ids, (r, c));
+                Operand::new(&self.ln_f_rows, c)
+            }
+        };
         for chunk in &w.wte {
             k.linear.gemm(
                 p,
@@ -495,9 +528,18 @@ impl Workspace {
             rstd: &lnf.rstd,
             w: &w.ln_f_w,
         };
-        ln.backward(p, &self.dhidden[cfg.n_layer], None, &self.dln_f_rows, key.rows.clone(), &saved, (n, c));
+        // ln_f's output gradient: dln_f_rows at the loss rows (scattered back when gathered).
+        let (dout, dout_rows) = match &key.rows {
+            LossRows::Range(rows) => (&self.dln_f_rows, rows.clone()),
+            LossRows::Gather { .. } => {
+                k.cross_entropy
+                    .scatter_rows(p, &self.d_ln, &self.dln_f_rows, &self.row_slot, (n, c));
+                (&self.d_ln, 0..n)
+            }
+        };
+        ln.backward(p, &self.dhidden[cfg.n_layer], None, dout, dout_rows.clone(), &saved, (n, c));
         if let Some(g) = grads {
-            ln.backward_params(p, &g.ln_f_w, &g.ln_f_b, &self.dln_f_rows, key.rows.clone(), &saved, c);
+            ln.backward_params(p, &g.ln_f_w, &g.ln_f_b, dout, dout_rows, &saved, c);
         }
         for (l, lw) in w.layers.iter().enumerate().rev() {
             let dh_out = &self.dhidden[l + 1];
@@ -610,10 +652,10 @@ pub struct Parameter<'a> {
     pub grad: &'a wgpu::Buffer,
 }
 
-/// The loss of a batch and, when asked, the logits of all its B·T rows.
+/// The loss of a batch and, when asked, the logits of its target rows.
 pub struct BatchOutput {
     pub loss: f64,
-    /// (B·T, V)
+    /// (R, V): row r is `TrainBatch::target_rows()[r]`.
     pub logits: Option<Vec<f32>>,
     pub timings: PassTimings,
 }
@@ -648,7 +690,15 @@ impl Engine {
     }
 
     /// Builds (or reuses) the workspace for `key` and uploads the per-call inputs.
-    fn prepare(&mut self, key: PlanKey, ids: &[u32], loss: &LossPlan, options: &ForwardOptions) {
+    /// `gather`: the loss rows and each row's slot among them (N), for `LossRows::Gather`.
+    fn prepare(
+        &mut self,
+        key: PlanKey,
+        ids: &[u32],
+        loss: &LossPlan,
+        options: &ForwardOptions,
+        gather: Option<(&[u32], &[i32])>,
+    ) {
         if key.weight_grads && self.grads.is_none() {
             self.grads = Some(GpuWeights::zeros_like(&self.ctx, &self.weights, &self.config));
         }
@@ -683,6 +733,10 @@ impl Engine {
             q.write_buffer(&ws.terms, 0, bytemuck::cast_slice(&terms));
         }
         q.write_buffer(&ws.term_start, 0, bytemuck::cast_slice(&term_start));
+        if let Some((row_ids, row_slot)) = gather {
+            q.write_buffer(&ws.row_ids, 0, bytemuck::cast_slice(row_ids));
+            q.write_buffer(&ws.row_slot, 0, bytemuck::cast_slice(row_slot));
+        }
         if ws.key.weight_grads {
             let (start, rows) = token_index(ids, self.config.vocab_size);
             q.write_buffer(&ws.token_start, 0, bytemuck::cast_slice(&start));
@@ -730,13 +784,13 @@ impl Engine {
         let key = PlanKey {
             b: 1,
             t: seq.len(),
-            rows: seq.loss.rows.clone(),
+            rows: LossRows::Range(seq.loss.rows.clone()),
             terms_capacity: seq.loss.terms.len(),
             patch: options.patch.as_ref().map(|p| p.eta),
             backward: readback.backward,
             weight_grads: false,
         };
-        self.prepare(key, &seq.ids, &seq.loss, options);
+        self.prepare(key, &seq.ids, &seq.loss, options, None);
         self.ctx.check("preparing the pass")?;
         let (t1, t2) = self.execute("revattn forward + backward", None)?;
         let ws = self.workspace();
@@ -778,7 +832,7 @@ impl Engine {
     /// A batch of B right-padded sequences: the loss (mean NLL over the positions with a target),
     /// and with `gradients` the gradient of every parameter into the engine's gradient buffers.
     /// `after` is recorded into the same compute pass (the optimizer step); `read_logits` brings
-    /// back the logits of every row.
+    /// back the logits of the target rows (only there are they computed).
     pub fn run_batch(
         &mut self,
         batch: &TrainBatch,
@@ -788,26 +842,38 @@ impl Engine {
     ) -> Result<BatchOutput> {
         self.validate_batch(batch, gradients)?;
         let t0 = Instant::now();
-        let loss = batch.loss_plan();
+        // The lm_head and the loss run on the target rows only, in slots rounded up to 64 so
+        // that batches of similar size share a plan; empty slots carry no loss.
+        let target_rows = batch.target_rows();
+        let capacity = target_rows.len().max(1).div_ceil(64) * 64;
+        let mut loss = batch.loss_plan();
+        loss.rows = 0..capacity;
+        loss.lse_scale.resize(capacity, 0.0);
+        let mut row_ids = target_rows.clone();
+        row_ids.resize(capacity, 0);
+        let mut row_slot = vec![-1i32; batch.b * batch.t];
+        for (slot, &row) in target_rows.iter().enumerate() {
+            row_slot[row as usize] = slot as i32;
+        }
         let key = PlanKey {
             b: batch.b,
             t: batch.t,
-            rows: loss.rows.clone(),
-            // one target per row at most
-            terms_capacity: loss.rows.len(),
+            rows: LossRows::Gather { capacity },
+            terms_capacity: capacity, // one target per row at most
             patch: None,
             backward: gradients,
             weight_grads: gradients,
         };
-        self.prepare(key, &batch.ids, &loss, &ForwardOptions::default());
+        let gather = Some((&row_ids[..], &row_slot[..]));
+        self.prepare(key, &batch.ids, &loss, &ForwardOptions::default(), gather);
         self.ctx.check("preparing the batch")?;
         let label = if gradients { "revattn training step" } else { "revattn batched forward" };
         let (t1, t2) = self.execute(label, after)?;
         let ws = self.workspace();
-        let rows = batch.b * batch.t;
-        let mut sources = vec![(&ws.loss_rows, rows)];
+        let r = target_rows.len();
+        let mut sources = vec![(&ws.loss_rows, r)];
         if read_logits {
-            sources.push((&ws.logits, rows * self.config.vocab_size));
+            sources.push((&ws.logits, r * self.config.vocab_size));
         }
         let mut parts = self.ctx.read_f32(&sources)?.into_iter();
         let loss = parts.next().expect("loss rows").iter().map(|&x| x as f64).sum();
@@ -821,7 +887,12 @@ impl Engine {
 
     /// Times every dispatch of a batch's plan on its own (one submit each, after a warm-up run)
     /// and sums the times per kernel label, slowest first: where a pass spends its time.
-    pub fn profile_batch(&mut self, batch: &TrainBatch, gradients: bool) -> Result<Vec<(String, usize, f64)>> {
+    /// Returns (label, dispatches, total ms).
+    pub fn profile_batch(
+        &mut self,
+        batch: &TrainBatch,
+        gradients: bool,
+    ) -> Result<Vec<(String, usize, f64)>> {
         self.run_batch(batch, gradients, false, None)?;
         let ws = self.workspace();
         let mut totals: Vec<(String, usize, f64)> = Vec::new();

@@ -202,11 +202,12 @@ impl GpuContext {
             })
     }
 
-    /// A read-write storage buffer of `bytes` (rounded up to 4, at least 4), zero-filled.
+    /// A read-write storage buffer of `bytes` (rounded up to 16, so that it can also be bound
+    /// as an array of vec4), zero-filled.
     pub fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: bytes.max(4).div_ceil(4) * 4,
+            size: bytes.max(16).div_ceil(16) * 16,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,

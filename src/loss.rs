@@ -222,25 +222,27 @@ impl TrainBatch {
         self.targets.iter().filter(|&&t| t >= 0).count()
     }
 
-    /// The loss as a [`LossPlan`] over all B·T rows: lse_scale = 1/n and one term −1/n per target.
+    /// The rows (b·T + t) that have a target, in order.
+    pub fn target_rows(&self) -> Vec<u32> {
+        (0..self.targets.len() as u32)
+            .filter(|&r| self.targets[r as usize] >= 0)
+            .collect()
+    }
+
+    /// The loss as a [`LossPlan`] over the target rows only (row r of the plan is
+    /// `target_rows()[r]`): lse_scale = 1/n and one term −1/n per row.
     pub fn loss_plan(&self) -> LossPlan {
-        let n = self.n_targets().max(1) as f32;
-        let rows = self.b * self.t;
+        let rows = self.target_rows();
+        let n = rows.len().max(1) as f32;
         LossPlan {
-            rows: 0..rows,
-            lse_scale: self
-                .targets
-                .iter()
-                .map(|&t| if t >= 0 { 1.0 / n } else { 0.0 })
-                .collect(),
-            terms: self
-                .targets
+            rows: 0..rows.len(),
+            lse_scale: vec![1.0 / n; rows.len()],
+            terms: rows
                 .iter()
                 .enumerate()
-                .filter(|(_, &t)| t >= 0)
-                .map(|(row, &t)| LossTerm {
-                    row,
-                    id: t as u32,
+                .map(|(r, &row)| LossTerm {
+                    row: r,
+                    id: self.targets[row as usize] as u32,
                     coef: -1.0 / n,
                 })
                 .collect(),

@@ -88,6 +88,8 @@ pub struct GpuAdamW {
     pub settings: AdamW,
     /// (moment 1, moment 2) per parameter, each the size of its tensor.
     moments: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+    /// Elements per parameter tensor.
+    numels: Vec<usize>,
     state: wgpu::Buffer, // StepState
     plan: Plan,
     /// Steps taken so far (t of the bias correction is step + 1 for the next one).
@@ -160,6 +162,7 @@ impl GpuAdamW {
         }
         GpuAdamW {
             settings,
+            numels: params.iter().map(numel).collect(),
             moments,
             state,
             plan: plan.finish(),
@@ -194,7 +197,8 @@ impl GpuAdamW {
         let sources: Vec<(&wgpu::Buffer, usize)> = self
             .moments
             .iter()
-            .flat_map(|(m, v)| [(m, (m.size() / 4) as usize), (v, (v.size() / 4) as usize)])
+            .zip(&self.numels)
+            .flat_map(|((m, v), &n)| [(m, n), (v, n)])
             .collect();
         let mut parts = ctx.read_f32(&sources)?.into_iter();
         let mut out = Vec::new();

@@ -68,11 +68,13 @@ fn check_linear(ctx: &GpuContext, linear: &Linear) {
         );
         let out = ctx.storage("out", 4 * (m * n) as u64);
         let dx = ctx.storage("dx", 4 * (m * k) as u64);
+        let (dw, db) = (ctx.storage("dw", 4 * (k * n) as u64), ctx.storage("db", 4 * n as u64));
         let dout = rng.vec(m * n, 1.0);
         let doutb = ctx.upload("dout", &dout);
         run(ctx, |p| {
             linear.forward(p, &out, &xb, &wb, Some(&bb), Some(&rb), (m, k, n));
             linear.backward_input(p, &dx, &doutb, &wb, (m, k, n));
+            linear.backward_weights(p, &dw, &db, &xb, &doutb, (m, k, n));
         });
         let mut want = vec![0.0; m * n];
         reference::linear_forward(
@@ -97,6 +99,28 @@ fn check_linear(ctx: &GpuContext, linear: &Linear) {
             &format!("linear backward_input M{m} K{k} N{n}"),
             &read(ctx, &dx, m * k),
             &want_dx,
+            REL_TOL,
+        );
+        let (mut want_dw, mut want_db) = (vec![0.0; k * n], vec![0.0; n]);
+        reference::linear_backward_weight(
+            &mut want_dw,
+            Some(&mut want_db),
+            &to_f64(&x),
+            &to_f64(&dout),
+            m,
+            k,
+            n,
+        );
+        assert_close(
+            &format!("linear backward_weight M{m} K{k} N{n}"),
+            &read(ctx, &dw, k * n),
+            &want_dw,
+            REL_TOL,
+        );
+        assert_close(
+            &format!("linear backward_bias M{m} K{k} N{n}"),
+            &read(ctx, &db, n),
+            &want_db,
             REL_TOL,
         );
     }
@@ -207,7 +231,13 @@ fn check_lm_head(ctx: &GpuContext, linear: &Linear, c: usize, r: usize) {
 #[test]
 fn layernorm_forward_and_backward_match_reference() {
     let ctx = gpu();
-    let ln = LayerNorm::new(&ctx);
+    for row_kernels in [true, false] {
+        println!("row kernels: {row_kernels}");
+        check_layernorm(&ctx, &LayerNorm::with_row_kernels(&ctx, row_kernels));
+    }
+}
+
+fn check_layernorm(ctx: &GpuContext, ln: &LayerNorm) {
     let mut rng = Rng(3);
     for &(rows, c) in &[(1, 1), (1, 15), (5, 7), (17, 64), (33, 130), (3, 769)] {
         let x: Vec<f32> = rng.vec(rows * c, 2.0).iter().map(|v| v + 0.5).collect();
@@ -395,7 +425,13 @@ fn embedding_over_vocab_chunks_matches_reference() {
 #[test]
 fn attention_forward_and_backward_match_reference() {
     let ctx = gpu();
-    let attn = Attention::new(&ctx);
+    for row_kernels in [true, false] {
+        println!("row kernels: {row_kernels}");
+        check_attention(&ctx, &Attention::with_row_kernels(&ctx, row_kernels));
+    }
+}
+
+fn check_attention(ctx: &GpuContext, attn: &Attention) {
     let mut rng = Rng(6);
     // (T, NH, hs): T = 1, odd head sizes, T not a multiple of the 64-wide workgroups
     for &(t, nh, hs) in &[

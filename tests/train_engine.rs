@@ -180,7 +180,13 @@ fn batched_forward_matches_one_sequence_at_a_time() {
         let single = engine
             .run(&seq, &ForwardOptions::default(), Readback { backward: false, ..Default::default() })
             .unwrap();
-        let batched = &logits[(s * batch.t + len - 1) * v..(s * batch.t + len) * v];
+        // logits come back for the target rows only, in row order
+        let slot = batch
+            .target_rows()
+            .iter()
+            .position(|&r| r as usize == s * batch.t + len - 1)
+            .unwrap();
+        let batched = &logits[slot * v..(slot + 1) * v];
         let scale = single.logits.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
         let diff = batched
             .iter()

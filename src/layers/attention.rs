@@ -3,8 +3,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{pipelines, PlanBuilder};
-use crate::gpu::GpuContext;
+use super::PlanBuilder;
+use crate::gpu::{GpuContext, KernelProfile};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -42,37 +42,93 @@ pub struct AttentionBuffers<'a> {
     pub patch: Option<(&'a wgpu::Buffer, f32)>,
 }
 
-pub struct Attention {
+/// The five kernels of one variant (scalar, or vec4 over channels).
+struct Kernels {
     softmax_forward: wgpu::ComputePipeline,
     values_forward: wgpu::ComputePipeline,
     scores_backward: wgpu::ComputePipeline,
     query_backward: wgpu::ComputePipeline,
     key_value_backward: wgpu::ComputePipeline,
+}
+
+pub struct Attention {
+    scalar: Kernels,
+    /// For hs % 4 == 0 and C % 4 == 0: a quarter of the loads.
+    vec4: Kernels,
+    /// softmax_forward and scores_backward with one invocation per row instead of one workgroup
+    /// (CPU adapters: no idle lanes on short rows, no barriers).
+    rows: Option<[wgpu::ComputePipeline; 2]>,
     unused: wgpu::Buffer,
 }
 
+/// Binding indices of qkv, z, dz, dqkv: scalar views, or the vec4 views of the same buffers.
+struct Views {
+    qkv: u32,
+    z: u32,
+    dz: u32,
+    dqkv: u32,
+    /// Channels per invocation in the per-channel kernels.
+    width: u32,
+}
+
+const SCALAR_VIEWS: Views = Views {
+    qkv: 1,
+    z: 6,
+    dz: 7,
+    dqkv: 10,
+    width: 1,
+};
+const VEC4_VIEWS: Views = Views {
+    qkv: 11,
+    z: 12,
+    dz: 13,
+    dqkv: 14,
+    width: 4,
+};
+
 impl Attention {
+    /// The fastest kernels for this adapter.
     pub fn new(ctx: &GpuContext) -> Self {
-        let [softmax_forward, values_forward, scores_backward, query_backward, key_value_backward] =
-            pipelines(
-                ctx,
-                "attention.wgsl",
-                include_str!("../../shaders/attention.wgsl"),
+        Self::with_row_kernels(ctx, ctx.profile == KernelProfile::CpuAdapter)
+    }
+
+    /// `row_kernels` picks the one-invocation-per-row softmax and score backward (tests run both).
+    pub fn with_row_kernels(ctx: &GpuContext, row_kernels: bool) -> Self {
+        let module = ctx.shader("attention.wgsl", include_str!("../../shaders/attention.wgsl"));
+        let kernels = |suffix: &str| {
+            let [softmax_forward, values_forward, scores_backward, query_backward, key_value_backward] =
                 [
                     "softmax_forward",
                     "values_forward",
                     "scores_backward",
                     "query_backward",
                     "key_value_backward",
-                ],
-            );
+                ]
+                .map(|name| ctx.pipeline(&module, &format!("{name}{suffix}")));
+            Kernels {
+                softmax_forward,
+                values_forward,
+                scores_backward,
+                query_backward,
+                key_value_backward,
+            }
+        };
+        let rows = row_kernels.then(|| {
+            ["softmax_forward_rows", "scores_backward_rows"].map(|e| ctx.pipeline(&module, e))
+        });
         Attention {
-            softmax_forward,
-            values_forward,
-            scores_backward,
-            query_backward,
-            key_value_backward,
+            scalar: kernels(""),
+            vec4: kernels("_vec4"),
+            rows,
             unused: ctx.storage("unused", 16),
+        }
+    }
+
+    fn variant(&self, s: AttentionShape) -> (&Kernels, &'static Views) {
+        if (s.c / s.nh) % 4 == 0 && s.c % 4 == 0 {
+            (&self.vec4, &VEC4_VIEWS)
+        } else {
+            (&self.scalar, &SCALAR_VIEWS)
         }
     }
 
@@ -98,27 +154,38 @@ impl Attention {
         b: &AttentionBuffers,
         s: AttentionShape,
     ) {
+        let (k, v) = self.variant(s);
         let params = Self::params(s, b.patch.map(|p| p.1));
-        plan.dispatch(
-            "attention_softmax_forward",
-            &self.softmax_forward,
-            &params,
-            &[(1, b.qkv), (2, b.att)],
-            [s.t as u32, s.nh as u32, s.b as u32],
-        );
+        match &self.rows {
+            // The row kernels pick scalar or vec4 loads themselves: both views are bound.
+            Some([softmax_rows, _]) => plan.dispatch(
+                "attention_softmax_forward",
+                softmax_rows,
+                &params,
+                &[(1, b.qkv), (11, b.qkv), (2, b.att)],
+                [(s.t as u32).div_ceil(64), s.nh as u32, s.b as u32],
+            ),
+            None => plan.dispatch(
+                "attention_softmax_forward",
+                &k.softmax_forward,
+                &params,
+                &[(v.qkv, b.qkv), (2, b.att)],
+                [s.t as u32, s.nh as u32, s.b as u32],
+            ),
+        }
         let patch = b.patch.map(|p| p.0).unwrap_or(&self.unused);
         plan.dispatch(
             "attention_values_forward",
-            &self.values_forward,
+            &k.values_forward,
             &params,
             &[
-                (1, b.qkv),
+                (v.qkv, b.qkv),
                 (3, b.att),
                 (4, patch),
                 (5, b.head_scale),
-                (6, z),
+                (v.z, z),
             ],
-            [(s.c as u32).div_ceil(64), s.t as u32, s.b as u32],
+            [(s.c as u32 / v.width).div_ceil(64), s.t as u32, s.b as u32],
         );
     }
 
@@ -132,35 +199,53 @@ impl Attention {
         b: &AttentionBuffers,
         s: AttentionShape,
     ) {
+        let (k, v) = self.variant(s);
         let params = Self::params(s, b.patch.map(|p| p.1));
-        plan.dispatch(
-            "attention_scores_backward",
-            &self.scores_backward,
-            &params,
-            &[(1, b.qkv), (3, b.att), (5, b.head_scale), (7, dz), (8, ra)],
-            [s.t as u32, s.nh as u32, s.b as u32],
-        );
-        let grid = [(s.c as u32).div_ceil(64), s.t as u32, s.b as u32];
+        match &self.rows {
+            Some([_, scores_rows]) => plan.dispatch(
+                "attention_scores_backward",
+                scores_rows,
+                &params,
+                &[
+                    (1, b.qkv),
+                    (11, b.qkv),
+                    (3, b.att),
+                    (5, b.head_scale),
+                    (7, dz),
+                    (13, dz),
+                    (8, ra),
+                ],
+                [(s.t as u32).div_ceil(64), s.nh as u32, s.b as u32],
+            ),
+            None => plan.dispatch(
+                "attention_scores_backward",
+                &k.scores_backward,
+                &params,
+                &[(v.qkv, b.qkv), (3, b.att), (5, b.head_scale), (v.dz, dz), (8, ra)],
+                [s.t as u32, s.nh as u32, s.b as u32],
+            ),
+        }
+        let grid = [(s.c as u32 / v.width).div_ceil(64), s.t as u32, s.b as u32];
         plan.dispatch(
             "attention_query_backward",
-            &self.query_backward,
+            &k.query_backward,
             &params,
-            &[(1, b.qkv), (9, ra), (10, dqkv)],
+            &[(v.qkv, b.qkv), (9, ra), (v.dqkv, dqkv)],
             grid,
         );
         let patch = b.patch.map(|p| p.0).unwrap_or(&self.unused);
         plan.dispatch(
             "attention_key_value_backward",
-            &self.key_value_backward,
+            &k.key_value_backward,
             &params,
             &[
-                (1, b.qkv),
+                (v.qkv, b.qkv),
                 (3, b.att),
                 (4, patch),
                 (5, b.head_scale),
-                (7, dz),
+                (v.dz, dz),
                 (9, ra),
-                (10, dqkv),
+                (v.dqkv, dqkv),
             ],
             grid,
         );

@@ -53,17 +53,23 @@ impl From<&LossTerm> for GpuTerm {
 
 pub struct CrossEntropy {
     forward_backward: wgpu::ComputePipeline,
+    gather: wgpu::ComputePipeline,
+    scatter: wgpu::ComputePipeline,
 }
 
 impl CrossEntropy {
     pub fn new(ctx: &GpuContext) -> Self {
-        let [forward_backward] = pipelines(
+        let [forward_backward, gather, scatter] = pipelines(
             ctx,
             "cross_entropy.wgsl",
             include_str!("../../shaders/cross_entropy.wgsl"),
-            ["loss_forward_backward"],
+            ["loss_forward_backward", "gather_rows", "scatter_rows"],
         );
-        CrossEntropy { forward_backward }
+        CrossEntropy {
+            forward_backward,
+            gather,
+            scatter,
+        }
     }
 
     /// loss_rows (R) and dlogits (R, V) from logits (R, V), lse_scale (R) and the terms with
@@ -97,6 +103,53 @@ impl CrossEntropy {
                 (6, term_start),
             ],
             [rows as u32, 1, 1],
+        );
+    }
+
+    /// out (R, C) = x[row_ids] for x (N, C): the loss rows of a batch.
+    pub fn gather_rows(
+        &self,
+        plan: &mut PlanBuilder,
+        out: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        row_ids: &wgpu::Buffer,
+        (r, c): (usize, usize),
+    ) {
+        let params = Params {
+            rows: r as u32,
+            v: c as u32,
+            _pad: [0; 2],
+        };
+        plan.dispatch(
+            "loss_gather_rows",
+            &self.gather,
+            &params,
+            &[(7, row_ids), (8, x), (9, out)],
+            [(c as u32).div_ceil(64), r as u32, 1],
+        );
+    }
+
+    /// out (N, C) = the gathered rows' gradient g (R, C) at their rows (row_slot (N): index into
+    /// g or −1), 0 elsewhere: differentiates `gather_rows`.
+    pub fn scatter_rows(
+        &self,
+        plan: &mut PlanBuilder,
+        out: &wgpu::Buffer,
+        g: &wgpu::Buffer,
+        row_slot: &wgpu::Buffer,
+        (n, c): (usize, usize),
+    ) {
+        let params = Params {
+            rows: n as u32,
+            v: c as u32,
+            _pad: [0; 2],
+        };
+        plan.dispatch(
+            "loss_scatter_rows",
+            &self.scatter,
+            &params,
+            &[(8, g), (9, out), (10, row_slot)],
+            [(c as u32).div_ceil(64), n as u32, 1],
         );
     }
 }

@@ -5,7 +5,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{grid_2d, pipelines, PlanBuilder};
-use crate::gpu::GpuContext;
+use crate::gpu::{GpuContext, KernelProfile};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -24,6 +24,8 @@ const HAS_RESIDUAL: u32 = 1;
 pub struct LayerNorm {
     forward: wgpu::ComputePipeline,
     backward: wgpu::ComputePipeline,
+    /// One invocation per row instead of one workgroup (CPU adapters).
+    row_kernels: bool,
     param_backward: wgpu::ComputePipeline,
     unused: wgpu::Buffer,
 }
@@ -37,22 +39,39 @@ pub struct LayerNormSaved<'a> {
 }
 
 impl LayerNorm {
+    /// The fastest kernels for this adapter.
     pub fn new(ctx: &GpuContext) -> Self {
+        Self::with_row_kernels(ctx, ctx.profile == KernelProfile::CpuAdapter)
+    }
+
+    /// `row_kernels` picks one invocation per row (tests run both variants).
+    pub fn with_row_kernels(ctx: &GpuContext, row_kernels: bool) -> Self {
+        let (fwd, bwd) = if row_kernels {
+            ("layernorm_forward_rows", "layernorm_backward_rows")
+        } else {
+            ("layernorm_forward", "layernorm_backward")
+        };
         let [forward, backward, param_backward] = pipelines(
             ctx,
             "layernorm.wgsl",
             include_str!("../../shaders/layernorm.wgsl"),
-            [
-                "layernorm_forward",
-                "layernorm_backward",
-                "layernorm_param_backward",
-            ],
+            [fwd, bwd, "layernorm_param_backward"],
         );
         LayerNorm {
             forward,
             backward,
+            row_kernels,
             param_backward,
             unused: ctx.storage("unused", 16),
+        }
+    }
+
+    /// A workgroup per row, or an invocation per row in workgroups of 64.
+    fn grid(&self, rows: usize) -> [u32; 3] {
+        if self.row_kernels {
+            grid_2d((rows as u32).div_ceil(64)).0
+        } else {
+            grid_2d(rows as u32).0
         }
     }
 
@@ -84,7 +103,7 @@ impl LayerNorm {
             &self.forward,
             &params,
             &[(1, x), (2, w), (3, b), (4, out), (5, mean), (6, rstd)],
-            grid_2d(rows as u32).0,
+            self.grid(rows),
         );
     }
 
@@ -123,7 +142,7 @@ impl LayerNorm {
                 (10, dresidual.unwrap_or(&self.unused)),
                 (11, dx),
             ],
-            grid_2d(rows as u32).0,
+            self.grid(rows),
         );
     }
 

@@ -87,9 +87,9 @@ pub struct Linear {
     nt: wgpu::ComputePipeline,
     tn: wgpu::ComputePipeline,
     column_sum: wgpu::ComputePipeline,
-    /// `shaders/linear_subgroup.wgsl`'s GEMMs (nn, nt, one-row nt), on CPU adapters with
+    /// `shaders/linear_subgroup.wgsl`'s GEMMs (nn, nt, one-row nt, tn), on CPU adapters with
     /// 8-lane subgroups.
-    subgroup: Option<[wgpu::ComputePipeline; 3]>,
+    subgroup: Option<[wgpu::ComputePipeline; 4]>,
     unused: wgpu::Buffer,
 }
 
@@ -112,7 +112,7 @@ impl Linear {
                 ctx,
                 "linear_subgroup.wgsl",
                 include_str!("../../shaders/linear_subgroup.wgsl"),
-                ["matmul_nn_sg", "matmul_nt_sg", "matmul_nt_row_sg"],
+                ["matmul_nn_sg", "matmul_nt_sg", "matmul_nt_row_sg", "matmul_tn_sg"],
             )
         });
         Linear {
@@ -288,8 +288,21 @@ impl Linear {
         let vec4_ok = [g.k as u32, g.a.ld, g.a.offset, g.b.ld, g.b.offset]
             .into_iter()
             .all(quads);
+        // The tn kernel reads A along M and B along N as vec4s; K is free.
+        let tn_ok = [m, n, g.a.ld, g.a.offset, g.b.ld, g.b.offset]
+            .into_iter()
+            .all(quads);
         match &self.subgroup {
-            Some([nn, _, _]) if g.op == GemmOp::NN && vec4_ok && quads(n) => {
+            Some([_, _, _, tn]) if g.op == GemmOp::TN && tn_ok => {
+                plan.dispatch(
+                    label,
+                    tn,
+                    &params,
+                    &common,
+                    [n.div_ceil(32), m.div_ceil(16), 1],
+                );
+            }
+            Some([nn, _, _, _]) if g.op == GemmOp::NN && vec4_ok && quads(n) => {
                 plan.dispatch(
                     label,
                     nn,
@@ -298,7 +311,7 @@ impl Linear {
                     [n.div_ceil(32), m.div_ceil(16), 1],
                 );
             }
-            Some([_, nt, _]) if g.op == GemmOp::NT && vec4_ok && m >= 8 => {
+            Some([_, nt, _, _]) if g.op == GemmOp::NT && vec4_ok && m >= 8 => {
                 plan.dispatch(
                     label,
                     nt,
@@ -308,7 +321,7 @@ impl Linear {
                 );
             }
             // The lm_head at one position: a 16-row tile would waste most of its work.
-            Some([_, _, nt_row]) if g.op == GemmOp::NT && vec4_ok && m == 1 => {
+            Some([_, _, nt_row, _]) if g.op == GemmOp::NT && vec4_ok && m == 1 => {
                 plan.dispatch(label, nt_row, &params, &common, [n.div_ceil(8), 1, 1]);
             }
             _ => {
