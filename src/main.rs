@@ -146,15 +146,22 @@ enum Command {
         /// Evaluate every this many steps (0 = only at the end).
         #[arg(long, default_value_t = 250)]
         eval_every: usize,
+        /// Shot counts of every evaluation.
+        #[arg(long, value_delimiter = ',', default_values_t = [0usize, 1, 5, 10])]
+        eval_shots: Vec<usize>,
         /// Held-out queries per task and shot count in periodic evaluations (the final one uses all).
         #[arg(long, default_value_t = 64)]
         eval_queries: usize,
         /// Write a checkpoint every this many steps (0 = only at the end).
         #[arg(long, default_value_t = 250)]
         checkpoint_every: usize,
-        /// Continue the run whose checkpoint is in --out.
+        /// Continue the run whose checkpoint is in --out (same settings; --steps may grow).
         #[arg(long)]
         resume: bool,
+        /// Stop after this step with a checkpoint, to continue later with --resume (the learning
+        /// rate schedule is still that of --steps).
+        #[arg(long)]
+        until: Option<usize>,
         /// Output directory: the model in HF layout, optimizer.safetensors, train_state.json.
         #[arg(long)]
         out: PathBuf,
@@ -315,15 +322,18 @@ fn main() -> ExitCode {
             max_shots,
             seed,
             eval_every,
+            eval_shots,
             eval_queries,
             checkpoint_every,
             resume,
+            until,
             out,
         } => {
             let args = TrainArgs {
                 tasks,
                 out,
                 resume,
+                until,
                 settings: TrainSettings {
                     config,
                     seq,
@@ -340,6 +350,7 @@ fn main() -> ExitCode {
                         ..AdamW::default()
                     },
                     eval_every,
+                    eval_shots,
                     eval_queries,
                     checkpoint_every,
                 },

@@ -1,8 +1,9 @@
 //! `revattn train`: trains a GPT-2 on a task suite (`revattn tasks`) with the engine's own
 //! backward pass and AdamW, both in WGSL, and evaluates n-shot accuracy on held-out queries.
 //!
-//! One step: B episodes, each a random task with n ∈ [0, max_shots] demonstrations drawn from the
-//! task's train pairs (`tasks::train_episode`), in the paper's template; the loss is the mean NLL
+//! One step: B episodes, each a random task with n demonstrations drawn from the task's train
+//! pairs (`tasks::train_episode`), in the paper's template; n ∈ [0, max_shots] is drawn once per
+//! step so a batch's episodes have similar lengths; the loss is the mean NLL
 //! of every answer token (each demonstration's and the query's), so one episode trains every shot
 //! count up to n. The episodes are right-padded to a length rounded up to 16 (a handful of plan
 //! shapes, each kept by the engine), run forward + backward with weight gradients, and the AdamW
@@ -14,9 +15,9 @@
 //!
 //! Checkpoints (`--out DIR`, every `--checkpoint-every` steps and at the end) are HF GPT-2
 //! directories (config.json, model.safetensors, tokenizer.json) plus optimizer.safetensors (the
-//! AdamW moments) and train_state.json (step, settings, evaluation history). Each file is
-//! written to a temporary name and renamed; the step is recorded in both safetensors files and
-//! resuming refuses a mismatched pair.
+//! AdamW moments) and train_state.json (step, settings, losses, evaluations). Each file is
+//! written to a temporary name and renamed, train_state.json last; it records a hash of the two
+//! safetensors files, and resuming refuses files from different checkpoints.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -54,6 +55,8 @@ pub struct TrainSettings {
     pub min_lr_ratio: f32,
     pub adamw: AdamW,
     pub eval_every: usize,
+    /// Shot counts of every evaluation (PAPER.md's n-shot evaluation uses 0, 1, 5, 10).
+    pub eval_shots: Vec<usize>,
     /// Held-out queries per task and shot count in the periodic evaluations (the final one uses
     /// every test query).
     pub eval_queries: usize,
@@ -67,6 +70,9 @@ pub struct TrainArgs {
     pub settings: TrainSettings,
     /// Continue from the checkpoint in `out`.
     pub resume: bool,
+    /// Stop after this step with a checkpoint (a long run split over sessions; continue with
+    /// `resume`). The schedule is still that of `settings.steps`.
+    pub until: Option<usize>,
 }
 
 /// Top-1 accuracy of one task at one shot count.
@@ -139,14 +145,24 @@ pub struct TrainState {
     pub adapter: String,
     /// Seconds of training so far (all sessions).
     pub train_seconds: f64,
-    /// (step, mean loss over the steps since the previous entry)
+    /// (step, loss of that step's batch), every step
     pub losses: Vec<(usize, f64)>,
     pub evaluations: Vec<Evaluation>,
+    /// FNV-1a of model.safetensors and optimizer.safetensors as written with this state:
+    /// resuming refuses files from different checkpoints.
+    pub model_fnv: String,
+    pub optimizer_fnv: String,
+}
+
+/// FNV-1a (64-bit) of `bytes`, as 16 hex digits.
+fn fnv1a(bytes: &[u8]) -> String {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{h:016x}")
 }
 
 const STATE_FORMAT: &str = "revattn-train/1";
-/// The evaluation shot counts (PAPER.md's n-shot evaluation uses 0, 1, 5, 10).
-pub const EVAL_SHOTS: [usize; 4] = [0, 1, 5, 10];
 
 /// `--config L,H,C` for a model over `vocab` tokens with `seq` positions.
 pub fn model_config(spec: &str, vocab: usize, seq: usize) -> Result<GptConfig> {
@@ -167,7 +183,9 @@ pub fn learning_rate(s: &TrainSettings, step: usize) -> f32 {
     min + 0.5 * (lr - min) * (1.0 + (std::f32::consts::PI * progress).cos())
 }
 
-/// Step `step`'s batch: `batch` episodes of random tasks and shot counts, padded.
+/// Step `step`'s batch: `batch` episodes of random tasks, all with the same number of
+/// demonstrations n (drawn uniformly from 0..=max_shots per step, so the episodes have similar
+/// lengths and little padding), fewer where an episode would exceed --seq.
 pub fn training_batch(
     suite: &TaskSuite,
     tok: &Gpt2Tokenizer,
@@ -175,10 +193,11 @@ pub fn training_batch(
     step: usize,
 ) -> Result<TrainBatch> {
     let mut rng = Rng::stream(s.seed, &format!("train/{step}"));
+    let n = rng.below(s.max_shots + 1);
     let mut episodes = Vec::with_capacity(s.batch);
     for _ in 0..s.batch {
         let task = &suite.tasks[rng.below(suite.tasks.len())];
-        let mut shots = rng.below(s.max_shots + 1);
+        let mut shots = n;
         let episode = loop {
             let (demos, query) = tasks::train_episode(task, shots, &mut rng);
             let e = tasks::encode_episode(tok, &demos, query)?;
@@ -257,9 +276,9 @@ pub fn evaluate(
                 let batch = pad_episodes(chunk, max_len, false);
                 let out = engine.run_batch(&batch, false, true, None)?;
                 let logits = out.logits.expect("logits were asked for");
+                // One target per episode (its query), so logits row i is episode i's query.
                 for (i, e) in chunk.iter().enumerate() {
-                    let row = i * batch.t + e.query_logit_position();
-                    let scores = &logits[row * v..(row + 1) * v];
+                    let scores = &logits[i * v..(i + 1) * v];
                     let best = argmax(scores);
                     correct += (best == *e.ids.last().expect("non-empty") as usize) as usize;
                 }
@@ -322,6 +341,7 @@ pub fn run(args: &TrainArgs, ctx: GpuContext) -> Result<TrainReport> {
     let suite = tasks::load(&args.tasks)?;
     let tok = suite.tokenizer()?;
     let cfg = model_config(&s.config, suite.vocab_size(), s.seq)?;
+    check_eval_lengths(&suite, &tok, s)?;
     let adapter = ctx.describe();
 
     let (weights, mut state, moments) = if args.resume {
@@ -342,6 +362,8 @@ pub fn run(args: &TrainArgs, ctx: GpuContext) -> Result<TrainReport> {
             train_seconds: 0.0,
             losses: Vec::new(),
             evaluations: Vec::new(),
+            model_fnv: String::new(),
+            optimizer_fnv: String::new(),
         };
         (crate::init::random_weights(&cfg, s.seed)?, state, None)
     };
@@ -359,13 +381,20 @@ pub fn run(args: &TrainArgs, ctx: GpuContext) -> Result<TrainReport> {
         opt.upload_moments(&engine.ctx, m, state.step as u32);
     }
 
-    let progress = Progress::new(s.steps, state.step);
+    let stop = args.until.unwrap_or(s.steps).min(s.steps);
+    if state.step >= stop {
+        return Err(Error::Input(format!(
+            "--resume: the checkpoint is already at step {}, nothing to train",
+            state.step
+        )));
+    }
+    let progress = Progress::new(stop, state.step);
     let session_start = Instant::now();
     let seconds_before = state.train_seconds;
     let (mut loss_sum, mut loss_n, mut last_loss) = (0.0, 0usize, f64::NAN);
     let mut tokens_since = 0usize;
     let mut since = Instant::now();
-    while state.step < s.steps {
+    while state.step < stop {
         let step = state.step;
         let batch = training_batch(&suite, &tok, s, step)?;
         let lr = learning_rate(s, step);
@@ -382,15 +411,15 @@ pub fn run(args: &TrainArgs, ctx: GpuContext) -> Result<TrainReport> {
         loss_sum += out.loss;
         loss_n += 1;
         tokens_since += batch.b * batch.t;
-        let done = state.step == s.steps;
+        let done = state.step == stop;
+        state.losses.push((state.step, out.loss));
         if state.step % 10 == 0 || done {
             let elapsed = since.elapsed().as_secs_f64();
             progress.update(state.step, loss_sum / loss_n as f64, lr, tokens_since as f64 / elapsed);
-            state.losses.push((state.step, loss_sum / loss_n as f64));
             (loss_sum, loss_n, tokens_since, since) = (0.0, 0, 0, Instant::now());
         }
         if s.eval_every > 0 && state.step % s.eval_every == 0 && !done {
-            let eval = evaluate(&mut engine, &suite, &tok, &EVAL_SHOTS, Some(s.eval_queries), state.step)?;
+            let eval = evaluate(&mut engine, &suite, &tok, &s.eval_shots, Some(s.eval_queries), state.step)?;
             progress.message(&format!(
                 "step {}: held-out top-1 accuracy {}",
                 state.step,
@@ -404,13 +433,19 @@ pub fn run(args: &TrainArgs, ctx: GpuContext) -> Result<TrainReport> {
         }
         if s.checkpoint_every > 0 && state.step % s.checkpoint_every == 0 && !done {
             state.train_seconds = seconds_before + session_start.elapsed().as_secs_f64();
-            write_checkpoint(&args.out, &engine, &opt, &state, &suite)?;
+            write_checkpoint(&args.out, &engine, &opt, &mut state, &suite)?;
         }
     }
     state.train_seconds = seconds_before + session_start.elapsed().as_secs_f64();
-    let evaluation = evaluate(&mut engine, &suite, &tok, &EVAL_SHOTS, None, state.step)?;
-    state.evaluations.push(evaluation.clone());
-    write_checkpoint(&args.out, &engine, &opt, &state, &suite)?;
+    // The final evaluation (every test query) only at the end of the schedule.
+    let evaluation = if state.step == s.steps {
+        let e = evaluate(&mut engine, &suite, &tok, &s.eval_shots, None, state.step)?;
+        state.evaluations.push(e.clone());
+        e
+    } else {
+        evaluate(&mut engine, &suite, &tok, &s.eval_shots, Some(s.eval_queries), state.step)?
+    };
+    write_checkpoint(&args.out, &engine, &opt, &mut state, &suite)?;
     Ok(TrainReport {
         steps: state.step,
         final_loss: last_loss,
@@ -440,6 +475,27 @@ fn validate(s: &TrainSettings) -> Result<()> {
     if s.warmup >= s.steps {
         return bad("--warmup must be smaller than --steps");
     }
+    if s.eval_shots.is_empty() {
+        return bad("--eval-shots needs at least one shot count");
+    }
+    Ok(())
+}
+
+/// Fails early (before any training) when an evaluation prompt would not fit --seq.
+fn check_eval_lengths(suite: &TaskSuite, tok: &Gpt2Tokenizer, s: &TrainSettings) -> Result<()> {
+    for &n in &s.eval_shots {
+        for task in &suite.tasks {
+            for (demos, query) in tasks::eval_prompts(task, n, suite.seed) {
+                let len = tasks::encode_episode(tok, &demos, query)?.ids.len();
+                if len > s.seq {
+                    return Err(Error::Input(format!(
+                        "--seq {}: a {n}-shot {} evaluation prompt has {len} tokens; raise --seq or drop {n} from --eval-shots",
+                        s.seq, task.name
+                    )));
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -447,28 +503,29 @@ fn write_checkpoint(
     out: &Path,
     engine: &Engine,
     opt: &GpuAdamW,
-    state: &TrainState,
+    state: &mut TrainState,
     suite: &TaskSuite,
 ) -> Result<()> {
     let weights = engine.download_weights()?;
     let moments = opt.download_moments(&engine.ctx)?;
-    let step = state.step.to_string();
     let staged = StagedDir::create(out)?;
     let eot = suite.tokenizer()?.end_of_text().ok();
     staged.write("config.json", engine.config.to_hf_json(eot).as_bytes())?;
     staged.write("tokenizer.json", &suite.tokenizer_json)?;
-    let meta = HashMap::from([
-        ("format".to_string(), "pt".to_string()),
-        ("revattn_train_step".to_string(), step.clone()),
-    ]);
-    staged.write("model.safetensors", &weights.to_safetensors(Some(meta))?)?;
-    staged.write("optimizer.safetensors", &moments_bytes(&weights, &moments, &step)?)?;
+    // One metadata key only: safetensors writes a HashMap, whose order would vary run to run.
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let model_bytes = weights.to_safetensors(Some(meta))?;
+    let optimizer_bytes = moments_bytes(&weights, &moments)?;
+    state.model_fnv = fnv1a(&model_bytes);
+    state.optimizer_fnv = fnv1a(&optimizer_bytes);
+    staged.write("model.safetensors", &model_bytes)?;
+    staged.write("optimizer.safetensors", &optimizer_bytes)?;
     let json = serde_json::to_string_pretty(state).expect("state serializes");
     staged.write("train_state.json", json.as_bytes())?;
     staged.commit()
 }
 
-fn moments_bytes(weights: &Weights, moments: &[(Vec<f32>, Vec<f32>)], step: &str) -> Result<Vec<u8>> {
+fn moments_bytes(weights: &Weights, moments: &[(Vec<f32>, Vec<f32>)]) -> Result<Vec<u8>> {
     let named = weights.named();
     let mut views = Vec::new();
     for ((name, t), (m, v)) in named.iter().zip(moments) {
@@ -482,8 +539,7 @@ fn moments_bytes(weights: &Weights, moments: &[(Vec<f32>, Vec<f32>)], step: &str
             views.push((format!("{kind}.{name}"), view));
         }
     }
-    let meta = HashMap::from([("revattn_train_step".to_string(), step.to_string())]);
-    safetensors::tensor::serialize(views, Some(meta))
+    safetensors::tensor::serialize(views, None)
         .map_err(|e| Error::Output(format!("cannot serialize the optimizer state: {e}")))
 }
 
@@ -520,24 +576,18 @@ fn load_checkpoint(out: &Path, cfg: &GptConfig, s: &TrainSettings) -> Result<(We
     {
         return Err(Error::Input("--resume: the checkpoint's config.json differs from --config".into()));
     }
-    let step_of = |path: &Path| -> Result<(Vec<u8>, String)> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
-        let step = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("revattn_train_step").cloned())
-            .unwrap_or_default();
-        Ok((bytes, step))
+    let read_bytes = |name: &str| {
+        let path = out.join(name);
+        std::fs::read(&path).map_err(|e| Error::io(&path, e))
     };
-    let (_, model_step) = step_of(&out.join("model.safetensors"))?;
-    let (opt_bytes, opt_step) = step_of(&out.join("optimizer.safetensors"))?;
-    let state_step = state.step.to_string();
-    if model_step != state_step || opt_step != state_step {
+    let opt_bytes = read_bytes("optimizer.safetensors")?;
+    if fnv1a(&read_bytes("model.safetensors")?) != state.model_fnv
+        || fnv1a(&opt_bytes) != state.optimizer_fnv
+    {
         return Err(Error::Input(format!(
-            "--resume: the checkpoint in {} is inconsistent (model at step {model_step:?}, optimizer at {opt_step:?}, state at {state_step})",
-            out.display()
+            "--resume: model.safetensors or optimizer.safetensors in {} is not the one train_state.json (step {}) was written with",
+            out.display(),
+            state.step
         )));
     }
     let st = safetensors::SafeTensors::deserialize(&opt_bytes)
@@ -601,7 +651,8 @@ impl Progress {
             if step == self.total {
                 eprintln!();
             }
-        } else if step % 100 == 0 || step == self.total {
+        } else if step % ((self.total / 100).max(10).div_ceil(10) * 10) == 0 || step == self.total {
+            // update() is called every 10 steps: print on a multiple of 10 near 1% of the run
             eprintln!("{line}");
         }
     }
