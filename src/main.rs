@@ -37,11 +37,25 @@ enum Command {
         #[arg(long)]
         model: Option<PathBuf>,
         /// The prompt, encoded exactly as given.
-        #[arg(long)]
-        prompt: String,
+        #[arg(long, required_unless_present = "task", conflicts_with = "task")]
+        prompt: Option<String>,
         /// The target continuation (e.g. " Florence", with its leading space).
+        #[arg(long, required_unless_present = "task", conflicts_with = "task")]
+        target: Option<String>,
+        /// Instead of --prompt/--target: a held-out few-shot prompt of this task of the task suite
+        /// (`<|endoftext|>Q: x\nA: y\n\n…Q: x_q\nA:`, target " y_q"), e.g. antonym or first.
         #[arg(long)]
-        target: String,
+        task: Option<String>,
+        /// Demonstrations in the --task prompt.
+        #[arg(long, default_value_t = 5, requires = "task")]
+        shots: usize,
+        /// Which held-out query of the task.
+        #[arg(long, default_value_t = 0, requires = "task")]
+        query: usize,
+        /// The task suite for --task (a `revattn tasks` directory); default: the one the embedded
+        /// model was trained on.
+        #[arg(long, requires = "task")]
+        tasks: Option<PathBuf>,
         /// nll: −Σ log p(target ids) at the last prompt position (official demo loss);
         /// ce: teacher-forced mean cross-entropy over the target tokens of prompt+target
         /// (official experiments' loss); logit-diff: logit[foil] − logit[target].
@@ -259,24 +273,35 @@ fn main() -> ExitCode {
             model,
             prompt,
             target,
+            task,
+            shots,
+            query,
+            tasks: suite,
             loss,
             foil,
             bos,
             top_k,
             out,
         } => {
-            let args = MapsArgs {
-                model,
-                prompt,
-                target,
-                loss,
-                foil,
-                bos,
-                top_k,
-                out,
-                backend: cli.backend,
+            let text = match (task, prompt, target) {
+                (Some(task), _, _) => tasks::few_shot_prompt(suite.as_deref(), &task, shots, query),
+                (None, Some(prompt), Some(target)) => Ok((prompt, target)),
+                _ => unreachable!("clap requires --prompt and --target without --task"),
             };
-            maps::run(&args).map(|report| print!("{}", maps::format_report(&report, &args)))
+            text.and_then(|(prompt, target)| {
+                let args = MapsArgs {
+                    model,
+                    prompt,
+                    target,
+                    loss,
+                    foil,
+                    bos,
+                    top_k,
+                    out,
+                    backend: cli.backend,
+                };
+                maps::run(&args).map(|report| print!("{}", maps::format_report(&report, &args)))
+            })
         }
         Command::Bench {
             model,

@@ -870,3 +870,33 @@ pub fn run(out: &Path, seed: u64) -> Result<String> {
     write(&suite, out)?;
     Ok(describe(&suite, out))
 }
+
+/// The suite the embedded default model was trained on: `generate(0)`, committed as
+/// `assets/tasks/` (a test checks they are identical).
+pub const DEFAULT_SEED: u64 = 0;
+
+/// A held-out few-shot prompt of `task` (its `query`-th test query with `shots` evaluation
+/// demonstrations, as `eval_prompts` draws them) and its target, for `revattn maps --task`.
+/// `dir`: a suite written by `revattn tasks`; default: the embedded model's suite.
+pub fn few_shot_prompt(
+    dir: Option<&Path>,
+    task: &str,
+    shots: usize,
+    query: usize,
+) -> Result<(String, String)> {
+    let suite = match dir {
+        Some(d) => load(d)?,
+        None => generate(DEFAULT_SEED),
+    };
+    let t = suite.task(task).ok_or_else(|| {
+        let names: Vec<&str> = suite.tasks.iter().map(|t| t.name.as_str()).collect();
+        Error::Input(format!("no task {task:?}; the suite has {}", names.join(", ")))
+    })?;
+    let prompts = eval_prompts(t, shots, suite.seed);
+    let n = prompts.len();
+    let (demos, q) = prompts.into_iter().nth(query).ok_or_else(|| {
+        Error::Input(format!("--query {query}: task {task} has {n} test queries"))
+    })?;
+    Ok(prompt(&demos, q))
+}
+

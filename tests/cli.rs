@@ -140,15 +140,46 @@ fn maps_without_model_uses_the_embedded_model() {
     let out = tmp.path().join("runs").join("out"); // missing parents are created
     let o = revattn(&[
         "maps",
-        "--prompt",
-        "I visited the city of",
-        "--target",
-        " Florence",
+        "--task",
+        "antonym",
+        "--shots",
+        "5",
         "--out",
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("embedded default model"));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("embedded default model"));
+    // a 5-shot prompt of one-word pairs: BOS + 5 demonstrations of 9 tokens + "Q: x\nA:"
+    assert!(stdout.contains("tokens   52 "), "{stdout}");
+    let bytes = std::fs::read(out.join("maps.safetensors")).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    assert!(meta["prompt"].starts_with("<|endoftext|>Q: "), "{}", meta["prompt"]);
+    assert!(meta["prompt"].ends_with("\nA:"));
+}
+
+#[test]
+fn maps_task_prompts_reject_bad_requests() {
+    for (extra, needle) in [
+        (vec!["--task", "nonsense"], "no task \"nonsense\""),
+        (vec!["--task", "first", "--query", "100000"], "--query 100000"),
+        (vec!["--task", "first", "--tasks", "/nonexistent/suite"], "/nonexistent/suite"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let mut args = vec!["maps", "--out", out.to_str().unwrap()];
+        args.extend(extra.iter().copied());
+        let o = revattn(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{err:?} does not mention {needle:?}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!out.exists());
+    }
+    // --prompt and --task exclude each other (clap's usage error)
+    let o = revattn(&["maps", "--task", "first", "--prompt", "x", "--target", " y", "--out", "o"]);
+    assert!(!o.status.success());
 }
 
 /// Runs `maps` expecting failure: one `error:` line naming `needle`, exit ≠ 0, no files.

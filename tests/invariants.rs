@@ -21,37 +21,69 @@ fn fixture(name: &str) -> Model {
 }
 
 fn sequence(model: &Model, prompt: &str, target: &str, kind: LossKind, bos: bool) -> Sequence {
+    sequence_with_foil(model, prompt, target, " Rome", kind, bos)
+}
+
+fn sequence_with_foil(
+    model: &Model,
+    prompt: &str,
+    target: &str,
+    foil: &str,
+    kind: LossKind,
+    bos: bool,
+) -> Sequence {
     let req = LossRequest {
         prompt,
         target,
-        foil: Some(" Rome"),
+        foil: Some(foil),
         kind,
         bos,
     };
     Sequence::build(&model.tokenizer, &req, model.config.n_positions).unwrap()
 }
 
+/// (prompt, target, foil) triples the model's tokenizer knows.
+fn prompts_for(model: &Model) -> Vec<(String, String, String)> {
+    if model.source.starts_with("embedded") {
+        // The trained organism: few-shot prompts of its own task suite (seed 0, as shipped).
+        let suite = revattn::tasks::generate(0);
+        ["antonym", "first"]
+            .iter()
+            .flat_map(|name| {
+                let pairs = &suite.task(name).unwrap().train;
+                [1usize, 3].map(|n| {
+                    let demos: Vec<_> = pairs[..n].iter().collect();
+                    let (prompt, target) = revattn::tasks::prompt(&demos, &pairs[n]);
+                    (prompt, target, format!(" {}", pairs[0].output))
+                })
+            })
+            .collect()
+    } else {
+        [
+            ("The", " city"),
+            ("I like Italy and France. I visited the city of", " Florence"),
+            ("Q: 12 + 7\nA: 19\n\nQ: 3 + 4\nA:", " 7"),
+        ]
+        .map(|(p, t)| (p.to_string(), t.to_string(), " Rome".to_string()))
+        .to_vec()
+    }
+}
+
 #[test]
 fn ra_is_lower_triangular_with_zero_row_sums() {
     let models = [
         Model::embedded().unwrap(),
+        fixture("tiny-bpe"),
         fixture("tiny-odd"),
         fixture("tiny-prefixed"),
     ];
-    let prompts = [
-        ("The", " city"),
-        (
-            "I like Italy and France. I visited the city of",
-            " Florence",
-        ),
-        ("Q: 12 + 7\nA: 19\n\nQ: 3 + 4\nA:", " 7"),
-    ];
     for model in &models {
+        let prompts = prompts_for(model);
         let mut engine = Engine::new(gpu(), model).unwrap();
         let (nl, nh) = (model.config.n_layer, model.config.n_head);
-        for (prompt, target) in prompts {
+        for (prompt, target, foil) in &prompts {
             for kind in [LossKind::Nll, LossKind::Ce, LossKind::LogitDiff] {
-                let seq = sequence(model, prompt, target, kind, kind == LossKind::Ce);
+                let seq = sequence_with_foil(model, prompt, target, foil, kind, kind == LossKind::Ce);
                 let t = seq.len();
                 let out = engine
                     .run(&seq, &ForwardOptions::default(), Readback::default())

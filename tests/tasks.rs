@@ -548,3 +548,16 @@ fn encode_episode_works_with_a_gpt2_byte_level_tokenizer() {
         assert_eq!(tok.decode(&ep.ids[p - 3..p]), "\nA:");
     }
 }
+
+/// The suite the embedded model was trained on is committed as assets/tasks and is exactly
+/// `generate(DEFAULT_SEED)` (what `maps --task` uses when no suite is given).
+#[test]
+fn the_shipped_suite_is_the_default_seed() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tasks");
+    let shipped = tasks::load(&dir).expect("assets/tasks loads");
+    assert_eq!(shipped, tasks::generate(tasks::DEFAULT_SEED));
+    let model = revattn::model::Model::embedded().unwrap();
+    assert_eq!(model.config.vocab_size, shipped.vocab_size());
+    let tokenizer = std::fs::read(dir.join("tokenizer.json")).unwrap();
+    assert_eq!(tokenizer, shipped.tokenizer_json);
+}
