@@ -1,6 +1,9 @@
 //! `revattn bench`: RA latency (forward + backward + RA readback for every head, `nll` loss) per
 //! sequence length: the cold first run (buffer allocation, plan building, shader JIT) apart from
-//! the warm median, and peak host memory. Results go to stdout and, optionally, JSON.
+//! the warm median, and peak host memory; GFLOP/s of every GEMM shape; where one RA pass spends
+//! its time per kernel (GEMMs, attention with its GFLOP/s, the rest); batched forward throughput
+//! (B prompts of mixed lengths, right-padded); the GPU buffers held. Results go to stdout and,
+//! optionally, JSON.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -11,7 +14,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::gpu::BackendChoice;
 use crate::gpu::GpuContext;
-use crate::loss::{LossKind, Sequence};
+use crate::loss::{LossKind, Sequence, TrainBatch};
 use crate::model::Model;
 use crate::pass::{ForwardOptions, PassTimings, Readback};
 
@@ -195,8 +198,15 @@ pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
         );
         rows.push(row);
     }
+    let ra_profile = profile_ra_pass(&mut engine, &cfg, gemm_t, args.runs)?;
+    let batched = batched_forward(&mut engine, &cfg, args.runs)?;
+    let gpu_mib = engine.gpu_bytes() as f64 / (1 << 20) as f64;
+    println!("\nGPU buffers held: {gpu_mib:.1} MiB (weights and the cached workspace); peak host RSS {:.0} MiB", peak_rss_mib());
     if let Some(path) = &args.json {
         let doc = json!({
+            "ra_profile": ra_profile,
+            "batched_forward": batched,
+            "gpu_buffers_mib": gpu_mib,
             "machine": machine(),
             "adapter": engine.ctx.describe(),
             "model": model.source,
@@ -216,6 +226,134 @@ pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     }
     Ok(rows)
+}
+
+/// Where one pass spends its time: kernels timed one dispatch per submit, grouped.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PassProfile {
+    pub t: usize,
+    pub b: usize,
+    /// The whole pass, warm median (one submit).
+    pub pass_ms: f64,
+    pub gemm_ms: f64,
+    pub attention_ms: f64,
+    pub other_ms: f64,
+    /// Attention forward + backward FLOPs (causal: 6·B·T²·C·L for RA, 2·B·T²·C·L forward only)
+    /// over its kernels' time.
+    pub attention_gflops: f64,
+    /// pass_ms / gemm_ms: the overhead target is ≤ 1.3.
+    pub overhead_ratio: f64,
+    /// (kernel label, dispatches, ms)
+    pub kernels: Vec<(String, usize, f64)>,
+}
+
+fn summarize(
+    kernels: Vec<(String, usize, f64)>,
+    pass_ms: f64,
+    attention_flops: f64,
+    (b, t): (usize, usize),
+) -> PassProfile {
+    let sum = |pred: &dyn Fn(&str) -> bool| -> f64 {
+        kernels.iter().filter(|k| pred(&k.0)).map(|k| k.2).sum()
+    };
+    let is_gemm = |l: &str| l.starts_with("linear_") || l.starts_with("lm_head_");
+    let gemm_ms = sum(&is_gemm);
+    let attention_ms = sum(&|l: &str| l.starts_with("attention_"));
+    let other_ms = sum(&|l: &str| !is_gemm(l) && !l.starts_with("attention_"));
+    PassProfile {
+        t,
+        b,
+        pass_ms,
+        gemm_ms,
+        attention_ms,
+        other_ms,
+        attention_gflops: attention_flops / (attention_ms.max(1e-9) * 1e6),
+        overhead_ratio: pass_ms / gemm_ms.max(1e-9),
+        kernels,
+    }
+}
+
+fn print_profile(title: &str, p: &PassProfile) {
+    println!("\n{title}");
+    println!("{:<34} {:>6} {:>10} {:>7}", "kernel", "calls", "ms", "share");
+    let total: f64 = p.kernels.iter().map(|k| k.2).sum();
+    for (label, n, ms) in &p.kernels {
+        println!("{label:<34} {n:>6} {ms:>10.2} {:>6.1}%", 100.0 * ms / total.max(1e-9));
+    }
+    println!(
+        "GEMMs {:.1} ms, attention {:.1} ms ({:.2} GFLOP/s), other {:.1} ms; whole pass {:.1} ms = {:.2}× the GEMMs",
+        p.gemm_ms, p.attention_ms, p.attention_gflops, p.other_ms, p.pass_ms, p.overhead_ratio
+    );
+}
+
+/// The RA pass at T, kernel by kernel.
+fn profile_ra_pass(engine: &mut Engine, cfg: &crate::model::GptConfig, t: usize, runs: usize) -> Result<PassProfile> {
+    let seq = synthetic_sequence(t, cfg.vocab_size);
+    let readback = Readback {
+        attention: false,
+        ..Readback::default()
+    };
+    let mut times = Vec::new();
+    for _ in 0..runs.max(1) {
+        times.push(engine.run(&seq, &ForwardOptions::default(), readback)?.timings.compute_ms);
+    }
+    let kernels = engine.profile_last()?;
+    let flops = 6.0 * (t * t * cfg.n_embd * cfg.n_layer) as f64;
+    let p = summarize(kernels, median(&mut times), flops, (1, t));
+    print_profile(&format!("One RA pass at T = {t}, kernel by kernel (one submit each):"), &p);
+    Ok(p)
+}
+
+/// Batched forward throughput: B = 32 prompts, lengths 32…64 (fixed seed), right-padded to 64,
+/// the lm_head and loss at each prompt's last position (what the experiments' evaluation needs).
+fn batched_forward(engine: &mut Engine, cfg: &crate::model::GptConfig, runs: usize) -> Result<serde_json::Value> {
+    let (b, t) = (32usize, 64usize.min(cfg.n_positions));
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n as u64) as usize
+    };
+    let mut ids = vec![0u32; b * t];
+    let mut targets = vec![-1i32; b * t];
+    let mut lengths = Vec::new();
+    for s in 0..b {
+        let len = t / 2 + next(t - t / 2 + 1).min(t - t / 2);
+        for p in 0..len {
+            ids[s * t + p] = next(cfg.vocab_size) as u32;
+        }
+        targets[s * t + len - 1] = next(cfg.vocab_size) as i32;
+        lengths.push(len);
+    }
+    let batch = TrainBatch { b, t, ids, targets };
+    engine.run_batch(&batch, false, true, None)?; // cold
+    let mut times = Vec::new();
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        engine.run_batch(&batch, false, true, None)?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let ms = median(&mut times);
+    let kernels = engine.profile_last()?;
+    let flops = 2.0 * (b * t * t * cfg.n_embd * cfg.n_layer) as f64;
+    let p = summarize(kernels, ms, flops, (b, t));
+    let mean_len = lengths.iter().sum::<usize>() as f64 / b as f64;
+    println!(
+        "\nBatched forward: B = {b} prompts, lengths {}…{} (mean {mean_len:.1}) right-padded to {t}: {ms:.1} ms, {:.1} prompts/s",
+        lengths.iter().min().unwrap(),
+        lengths.iter().max().unwrap(),
+        b as f64 / (ms / 1e3)
+    );
+    print_profile("Batched forward, kernel by kernel:", &p);
+    Ok(json!({
+        "b": b,
+        "t": t,
+        "lengths": lengths,
+        "warm_median_ms": ms,
+        "prompts_per_s": b as f64 / (ms / 1e3),
+        "profile": p,
+    }))
 }
 
 /// One GEMM shape's throughput.

@@ -107,6 +107,13 @@ impl GpuWeights {
         out
     }
 
+    /// Every buffer, wte chunks included.
+    fn all_buffers(&self) -> Vec<&wgpu::Buffer> {
+        let mut out: Vec<&wgpu::Buffer> = self.wte.iter().map(|c| &c.buffer).collect();
+        out.extend(self.buffers().into_iter().skip(1));
+        out
+    }
+
     /// Zero-filled buffers of the same shapes and chunking (the gradients).
     fn zeros_like(ctx: &GpuContext, w: &GpuWeights, cfg: &GptConfig) -> Self {
         let c = cfg.n_embd;
@@ -303,6 +310,8 @@ struct Workspace {
     dqkv: wgpu::Buffer,         // (N, 3C)
     ra: Vec<wgpu::Buffer>,      // L × (B, NH, T, T)
     plan: Plan,
+    /// Bytes of all the buffers above.
+    bytes: u64,
 }
 
 impl Workspace {
@@ -317,7 +326,12 @@ impl Workspace {
         let (c, f, nh, v) = (cfg.n_embd, cfg.n_inner, cfg.n_head, cfg.vocab_size);
         let (nl, r, n) = (cfg.n_layer, key.rows.len(), key.b * key.t);
         let att_len = key.b * nh * key.t * key.t;
-        let buf = |label: &str, floats: usize| ctx.storage(label, 4 * floats as u64);
+        let allocated = std::cell::Cell::new(0u64);
+        let buf = |label: &str, floats: usize| {
+            let b = ctx.storage(label, 4 * floats as u64);
+            allocated.set(allocated.get() + b.size());
+            b
+        };
         let per_layer = |label: &str, floats: usize| (0..nl).map(|_| buf(label, floats)).collect();
         let stats = |label: &str| LnStats {
             mean: buf(label, n),
@@ -325,7 +339,11 @@ impl Workspace {
         };
         let (bwd, wg) = (key.backward, key.weight_grads);
         let gather = matches!(key.rows, LossRows::Gather { .. });
-        let slots = |label: &str, floats: usize| LayerSlots::new(ctx, label, floats, nl, wg);
+        let slots = |label: &str, floats: usize| {
+            let s = LayerSlots::new(ctx, label, floats, nl, wg);
+            allocated.set(allocated.get() + s.0.iter().map(|b| b.size()).sum::<u64>());
+            s
+        };
         let mut ws = Workspace {
             ids: buf("ids", n),
             head_scale: buf("head_scale", nl * nh),
@@ -372,8 +390,10 @@ impl Workspace {
             dqkv: buf("dqkv", if bwd { n * 3 * c } else { 1 }),
             ra: if bwd { per_layer("ra", att_len) } else { Vec::new() },
             plan: PlanBuilder::new(ctx).finish(),
+            bytes: 0,
             key,
         };
+        ws.bytes = allocated.get();
         ws.plan = ws.build_plan(ctx, k, w, grads, cfg);
         ws
     }
@@ -885,16 +905,13 @@ impl Engine {
         })
     }
 
-    /// Times every dispatch of a batch's plan on its own (one submit each, after a warm-up run)
-    /// and sums the times per kernel label, slowest first: where a pass spends its time.
-    /// Returns (label, dispatches, total ms).
-    pub fn profile_batch(
-        &mut self,
-        batch: &TrainBatch,
-        gradients: bool,
-    ) -> Result<Vec<(String, usize, f64)>> {
-        self.run_batch(batch, gradients, false, None)?;
-        let ws = self.workspace();
+    /// Times every dispatch of the plan that ran last (`run` or `run_batch`) on its own (one
+    /// submit each) and sums the times per kernel label, slowest first: where a pass spends its
+    /// time. Returns (label, dispatches, total ms).
+    pub fn profile_last(&self) -> Result<Vec<(String, usize, f64)>> {
+        let Some(ws) = self.workspaces.last() else {
+            return Err(crate::Error::Input("profile_last: nothing has run yet".into()));
+        };
         let mut totals: Vec<(String, usize, f64)> = Vec::new();
         for d in &ws.plan.dispatches {
             let start = Instant::now();
@@ -919,6 +936,18 @@ impl Engine {
         self.ctx.check("profiling")?;
         totals.sort_by(|a, b| b.2.total_cmp(&a.2));
         Ok(totals)
+    }
+
+    /// Bytes of every GPU buffer the engine holds: weights, gradients and optimizer-free
+    /// training buffers, and the cached workspaces (activations, maps).
+    pub fn gpu_bytes(&self) -> u64 {
+        let weights: u64 = self.weights.all_buffers().iter().map(|b| b.size()).sum();
+        let grads: u64 = self
+            .grads
+            .as_ref()
+            .map_or(0, |g| g.all_buffers().iter().map(|b| b.size()).sum());
+        let workspaces: u64 = self.workspaces.iter().map(|ws| ws.bytes).sum();
+        weights + grads + workspaces
     }
 
     fn validate_batch(&self, batch: &TrainBatch, gradients: bool) -> Result<()> {
