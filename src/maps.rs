@@ -43,6 +43,8 @@ pub struct MapsReport {
     pub top_heads: Vec<(HeadScore, f32)>,
     pub next_tokens: Vec<(String, f64)>,
     pub files: Vec<PathBuf>,
+    /// ‖RA‖_F of the top head over the median head's: how concentrated the gradient is.
+    pub top_over_median: f64,
     pub timings: Vec<(&'static str, f64)>,
 }
 
@@ -95,6 +97,12 @@ pub fn run(args: &MapsArgs) -> Result<MapsReport> {
     let ra = out.reversed_attention.as_deref().expect("RA was requested");
     let attention_norms = frobenius_norms(attention, t);
     let ra_norms = frobenius_norms(ra, t);
+    let top_over_median = {
+        let mut sorted: Vec<f64> = ra_norms.iter().map(|&x| x as f64).collect();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted[sorted.len() / 2];
+        sorted.last().copied().unwrap_or(0.0) / median.max(f64::MIN_POSITIVE)
+    };
     let logits_last = &out.logits[..v];
     let tokens: Vec<String> = seq
         .ids
@@ -215,6 +223,7 @@ pub fn run(args: &MapsArgs) -> Result<MapsReport> {
         "loss": out.loss,
         "tokens": tokens,
         "input_ids": seq.ids,
+        "ra_norm_top_over_median": top_over_median,
         "top_heads_by_ra_norm": top10.iter().map(|(h, a)| json!({
             "layer": h.layer, "head": h.head, "ra_norm": h.score, "attention_norm": a,
         })).collect::<Vec<_>>(),
@@ -234,6 +243,7 @@ pub fn run(args: &MapsArgs) -> Result<MapsReport> {
         top_heads: top10,
         next_tokens,
         files: files.into_iter().map(|f| args.out.join(f)).collect(),
+        top_over_median,
         timings,
     })
 }
@@ -258,6 +268,11 @@ pub fn format_report(r: &MapsReport, args: &MapsArgs) -> String {
             a
         );
     }
+    let _ = writeln!(
+        s,
+        " the top head's ‖RA‖_F is {:.1}× the median head's",
+        r.top_over_median
+    );
     let _ = writeln!(s, "\n next token after the prompt");
     for (text, p) in &r.next_tokens {
         let _ = writeln!(s, "   {:<20} {:>7.3}%", format!("{text:?}"), 100.0 * p);
