@@ -275,10 +275,16 @@ fn summarize(
 
 fn print_profile(title: &str, p: &PassProfile) {
     println!("\n{title}");
-    println!("{:<34} {:>6} {:>10} {:>7}", "kernel", "calls", "ms", "share");
+    println!(
+        "{:<34} {:>6} {:>10} {:>7}",
+        "kernel", "calls", "ms", "share"
+    );
     let total: f64 = p.kernels.iter().map(|k| k.2).sum();
     for (label, n, ms) in &p.kernels {
-        println!("{label:<34} {n:>6} {ms:>10.2} {:>6.1}%", 100.0 * ms / total.max(1e-9));
+        println!(
+            "{label:<34} {n:>6} {ms:>10.2} {:>6.1}%",
+            100.0 * ms / total.max(1e-9)
+        );
     }
     println!(
         "GEMMs {:.1} ms, attention {:.1} ms ({:.2} GFLOP/s), other {:.1} ms; whole pass {:.1} ms = {:.2}× the GEMMs",
@@ -287,7 +293,12 @@ fn print_profile(title: &str, p: &PassProfile) {
 }
 
 /// The RA pass at T, kernel by kernel.
-fn profile_ra_pass(engine: &mut Engine, cfg: &crate::model::GptConfig, t: usize, runs: usize) -> Result<PassProfile> {
+fn profile_ra_pass(
+    engine: &mut Engine,
+    cfg: &crate::model::GptConfig,
+    t: usize,
+    runs: usize,
+) -> Result<PassProfile> {
     let seq = synthetic_sequence(t, cfg.vocab_size);
     let readback = Readback {
         attention: false,
@@ -295,18 +306,30 @@ fn profile_ra_pass(engine: &mut Engine, cfg: &crate::model::GptConfig, t: usize,
     };
     let mut times = Vec::new();
     for _ in 0..runs.max(1) {
-        times.push(engine.run(&seq, &ForwardOptions::default(), readback)?.timings.compute_ms);
+        times.push(
+            engine
+                .run(&seq, &ForwardOptions::default(), readback)?
+                .timings
+                .compute_ms,
+        );
     }
     let kernels = engine.profile_last()?;
     let flops = 6.0 * (t * t * cfg.n_embd * cfg.n_layer) as f64;
     let p = summarize(kernels, median(&mut times), flops, (1, t));
-    print_profile(&format!("One RA pass at T = {t}, kernel by kernel (one submit each):"), &p);
+    print_profile(
+        &format!("One RA pass at T = {t}, kernel by kernel (one submit each):"),
+        &p,
+    );
     Ok(p)
 }
 
 /// Batched forward throughput: B = 32 prompts, lengths 32…64 (fixed seed), right-padded to 64,
 /// the lm_head and loss at each prompt's last position (what the experiments' evaluation needs).
-fn batched_forward(engine: &mut Engine, cfg: &crate::model::GptConfig, runs: usize) -> Result<serde_json::Value> {
+fn batched_forward(
+    engine: &mut Engine,
+    cfg: &crate::model::GptConfig,
+    runs: usize,
+) -> Result<serde_json::Value> {
     let (b, t) = (32usize, 64usize.min(cfg.n_positions));
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = |n: usize| {

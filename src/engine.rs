@@ -289,11 +289,11 @@ struct Workspace {
     fc_pre: Vec<wgpu::Buffer>, // L × (N, F) c_fc output, gelu's input
     ln_f: LnStats,
     // forward inputs of the four Conv1Ds, per layer only when their weight gradients are needed
-    ln_1_out: LayerSlots, // (N, C) LN1 output, c_attn's input
-    z: LayerSlots,        // (N, C) concatenated head outputs, attn c_proj's input
-    ln_2_out: LayerSlots, // (N, C) LN2 output, c_fc's input
-    fc_act: LayerSlots,   // (N, F) gelu output, mlp c_proj's input
-    ln_f_out: wgpu::Buffer, // (N, C) ln_f's output
+    ln_1_out: LayerSlots,    // (N, C) LN1 output, c_attn's input
+    z: LayerSlots,           // (N, C) concatenated head outputs, attn c_proj's input
+    ln_2_out: LayerSlots,    // (N, C) LN2 output, c_fc's input
+    fc_act: LayerSlots,      // (N, F) gelu output, mlp c_proj's input
+    ln_f_out: wgpu::Buffer,  // (N, C) ln_f's output
     ln_f_rows: wgpu::Buffer, // (R, C) its loss rows, when gathered: the lm_head's input
     // loss
     logits: wgpu::Buffer,    // (R, V)
@@ -388,7 +388,11 @@ impl Workspace {
             dmid: buf("dmid", if bwd { n * c } else { 1 }),
             dz: buf("dz", if bwd { n * c } else { 1 }),
             dqkv: buf("dqkv", if bwd { n * 3 * c } else { 1 }),
-            ra: if bwd { per_layer("ra", att_len) } else { Vec::new() },
+            ra: if bwd {
+                per_layer("ra", att_len)
+            } else {
+                Vec::new()
+            },
             plan: PlanBuilder::new(ctx).finish(),
             bytes: 0,
             key,
@@ -407,20 +411,21 @@ impl Workspace {
         cfg: &GptConfig,
     ) -> Plan {
         let key = &self.key;
-        let (b, t, c, f, nh, v) = (key.b, key.t, cfg.n_embd, cfg.n_inner, cfg.n_head, cfg.vocab_size);
+        let (b, t, c, f, nh, v) = (
+            key.b,
+            key.t,
+            cfg.n_embd,
+            cfg.n_inner,
+            cfg.n_head,
+            cfg.vocab_size,
+        );
         let (n, r) = (b * t, key.rows.len());
         let eps = cfg.layer_norm_epsilon as f32;
         let grads = grads.filter(|_| key.weight_grads);
         let mut plan = PlanBuilder::new(ctx);
         let p = &mut plan;
         let ln = &k.layernorm;
-        let shape = |layer| AttentionShape {
-            b,
-            t,
-            c,
-            nh,
-            layer,
-        };
+        let shape = |layer| AttentionShape { b, t, c, nh, layer };
 
         // ---- forward ----
         k.embedding
@@ -430,10 +435,28 @@ impl Workspace {
             let (ln1, ln2) = (&self.ln_1[l], &self.ln_2[l]);
             let (ln_1_out, z) = (self.ln_1_out.at(l), self.z.at(l));
             let (ln_2_out, fc_act) = (self.ln_2_out.at(l), self.fc_act.at(l));
-            ln.forward(p, ln_1_out, &ln1.mean, &ln1.rstd, h_in, &lw.ln_1_w, &lw.ln_1_b, (n, c), eps);
-            k.linear
-                .forward(p, &self.qkv[l], ln_1_out, &lw.attn_w, Some(&lw.attn_b), None, (n, c, 3 * c));
-            k.attention.forward(p, z, &self.attention_buffers(l), shape(l));
+            ln.forward(
+                p,
+                ln_1_out,
+                &ln1.mean,
+                &ln1.rstd,
+                h_in,
+                &lw.ln_1_w,
+                &lw.ln_1_b,
+                (n, c),
+                eps,
+            );
+            k.linear.forward(
+                p,
+                &self.qkv[l],
+                ln_1_out,
+                &lw.attn_w,
+                Some(&lw.attn_b),
+                None,
+                (n, c, 3 * c),
+            );
+            k.attention
+                .forward(p, z, &self.attention_buffers(l), shape(l));
             k.linear.forward(
                 p,
                 &self.mid[l],
@@ -443,9 +466,26 @@ impl Workspace {
                 Some(h_in),
                 (n, c, c),
             );
-            ln.forward(p, ln_2_out, &ln2.mean, &ln2.rstd, &self.mid[l], &lw.ln_2_w, &lw.ln_2_b, (n, c), eps);
-            k.linear
-                .forward(p, &self.fc_pre[l], ln_2_out, &lw.fc_w, Some(&lw.fc_b), None, (n, c, f));
+            ln.forward(
+                p,
+                ln_2_out,
+                &ln2.mean,
+                &ln2.rstd,
+                &self.mid[l],
+                &lw.ln_2_w,
+                &lw.ln_2_b,
+                (n, c),
+                eps,
+            );
+            k.linear.forward(
+                p,
+                &self.fc_pre[l],
+                ln_2_out,
+                &lw.fc_w,
+                Some(&lw.fc_b),
+                None,
+                (n, c, f),
+            );
             k.gelu.forward(p, fc_act, &self.fc_pre[l], n * f);
             k.linear.forward(
                 p,
@@ -459,13 +499,28 @@ impl Workspace {
         }
         let h_last = &self.hidden[cfg.n_layer];
         let lnf = &self.ln_f;
-        ln.forward(p, &self.ln_f_out, &lnf.mean, &lnf.rstd, h_last, &w.ln_f_w, &w.ln_f_b, (n, c), eps);
+        ln.forward(
+            p,
+            &self.ln_f_out,
+            &lnf.mean,
+            &lnf.rstd,
+            h_last,
+            &w.ln_f_w,
+            &w.ln_f_b,
+            (n, c),
+            eps,
+        );
         // Tied lm_head at the loss rows only: logits (R, V) = ln_f(h)[rows] · wteᵀ, one GEMM per chunk.
         let ln_f_rows = match &key.rows {
             LossRows::Range(rows) => Operand::new(&self.ln_f_out, c).at(rows.start * c),
             LossRows::Gather { .. } => {
-                k.cross_entropy
-                    .gather_rows(p, &self.ln_f_rows, &self.ln_f_out, &self.row_ids, (r, c));
+                k.cross_entropy.gather_rows(
+                    p,
+                    &self.ln_f_rows,
+                    &self.ln_f_out,
+                    &self.row_ids,
+                    (r, c),
+                );
                 Operand::new(&self.ln_f_rows, c)
             }
         };
@@ -552,12 +607,25 @@ impl Workspace {
         let (dout, dout_rows) = match &key.rows {
             LossRows::Range(rows) => (&self.dln_f_rows, rows.clone()),
             LossRows::Gather { .. } => {
-                k.cross_entropy
-                    .scatter_rows(p, &self.d_ln, &self.dln_f_rows, &self.row_slot, (n, c));
+                k.cross_entropy.scatter_rows(
+                    p,
+                    &self.d_ln,
+                    &self.dln_f_rows,
+                    &self.row_slot,
+                    (n, c),
+                );
                 (&self.d_ln, 0..n)
             }
         };
-        ln.backward(p, &self.dhidden[cfg.n_layer], None, dout, dout_rows.clone(), &saved, (n, c));
+        ln.backward(
+            p,
+            &self.dhidden[cfg.n_layer],
+            None,
+            dout,
+            dout_rows.clone(),
+            &saved,
+            (n, c),
+        );
         if let Some(g) = grads {
             ln.backward_params(p, &g.ln_f_w, &g.ln_f_b, dout, dout_rows, &saved, c);
         }
@@ -568,16 +636,28 @@ impl Workspace {
             k.linear
                 .backward_input(p, &self.d_fc_act, dh_out, &lw.fc_proj_w, (n, f, c));
             if let Some(lg) = lg {
-                k.linear
-                    .backward_weights(p, &lg.fc_proj_w, &lg.fc_proj_b, self.fc_act.at(l), dh_out, (n, f, c));
+                k.linear.backward_weights(
+                    p,
+                    &lg.fc_proj_w,
+                    &lg.fc_proj_b,
+                    self.fc_act.at(l),
+                    dh_out,
+                    (n, f, c),
+                );
             }
             k.gelu
                 .backward(p, &self.d_fc_pre, &self.d_fc_act, &self.fc_pre[l], n * f);
             k.linear
                 .backward_input(p, &self.d_ln, &self.d_fc_pre, &lw.fc_w, (n, c, f));
             if let Some(lg) = lg {
-                k.linear
-                    .backward_weights(p, &lg.fc_w, &lg.fc_b, self.ln_2_out.at(l), &self.d_fc_pre, (n, c, f));
+                k.linear.backward_weights(
+                    p,
+                    &lg.fc_w,
+                    &lg.fc_b,
+                    self.ln_2_out.at(l),
+                    &self.d_fc_pre,
+                    (n, c, f),
+                );
             }
             let saved = LayerNormSaved {
                 x: &self.mid[l],
@@ -585,7 +665,15 @@ impl Workspace {
                 rstd: &self.ln_2[l].rstd,
                 w: &lw.ln_2_w,
             };
-            ln.backward(p, &self.dmid, Some(dh_out), &self.d_ln, 0..n, &saved, (n, c));
+            ln.backward(
+                p,
+                &self.dmid,
+                Some(dh_out),
+                &self.d_ln,
+                0..n,
+                &saved,
+                (n, c),
+            );
             if let Some(lg) = lg {
                 ln.backward_params(p, &lg.ln_2_w, &lg.ln_2_b, &self.d_ln, 0..n, &saved, c);
             }
@@ -613,8 +701,14 @@ impl Workspace {
             k.linear
                 .backward_input(p, &self.d_ln, &self.dqkv, &lw.attn_w, (n, c, 3 * c));
             if let Some(lg) = lg {
-                k.linear
-                    .backward_weights(p, &lg.attn_w, &lg.attn_b, self.ln_1_out.at(l), &self.dqkv, (n, c, 3 * c));
+                k.linear.backward_weights(
+                    p,
+                    &lg.attn_w,
+                    &lg.attn_b,
+                    self.ln_1_out.at(l),
+                    &self.dqkv,
+                    (n, c, 3 * c),
+                );
             }
             let saved = LayerNormSaved {
                 x: &self.hidden[l],
@@ -622,7 +716,15 @@ impl Workspace {
                 rstd: &self.ln_1[l].rstd,
                 w: &lw.ln_1_w,
             };
-            ln.backward(p, &self.dhidden[l], Some(&self.dmid), &self.d_ln, 0..n, &saved, (n, c));
+            ln.backward(
+                p,
+                &self.dhidden[l],
+                Some(&self.dmid),
+                &self.d_ln,
+                0..n,
+                &saved,
+                (n, c),
+            );
             if let Some(lg) = lg {
                 ln.backward_params(p, &lg.ln_1_w, &lg.ln_1_b, &self.d_ln, 0..n, &saved, c);
             }
@@ -636,7 +738,8 @@ impl Workspace {
                 dwte: &g.wte,
                 dwpe: &g.wpe,
             };
-            k.embedding.backward(p, &eg, true, (b, t, c, cfg.n_positions));
+            k.embedding
+                .backward(p, &eg, true, (b, t, c, cfg.n_positions));
         }
         plan.finish()
     }
@@ -720,7 +823,11 @@ impl Engine {
         gather: Option<(&[u32], &[i32])>,
     ) {
         if key.weight_grads && self.grads.is_none() {
-            self.grads = Some(GpuWeights::zeros_like(&self.ctx, &self.weights, &self.config));
+            self.grads = Some(GpuWeights::zeros_like(
+                &self.ctx,
+                &self.weights,
+                &self.config,
+            ));
         }
         if let Some(i) = self.workspaces.iter().position(|ws| ws.key == key) {
             let ws = self.workspaces.remove(i);
@@ -887,7 +994,11 @@ impl Engine {
         let gather = Some((&row_ids[..], &row_slot[..]));
         self.prepare(key, &batch.ids, &loss, &ForwardOptions::default(), gather);
         self.ctx.check("preparing the batch")?;
-        let label = if gradients { "revattn training step" } else { "revattn batched forward" };
+        let label = if gradients {
+            "revattn training step"
+        } else {
+            "revattn batched forward"
+        };
         let (t1, t2) = self.execute(label, after)?;
         let ws = self.workspace();
         let r = target_rows.len();
@@ -896,7 +1007,12 @@ impl Engine {
             sources.push((&ws.logits, r * self.config.vocab_size));
         }
         let mut parts = self.ctx.read_f32(&sources)?.into_iter();
-        let loss = parts.next().expect("loss rows").iter().map(|&x| x as f64).sum();
+        let loss = parts
+            .next()
+            .expect("loss rows")
+            .iter()
+            .map(|&x| x as f64)
+            .sum();
         let logits = parts.next();
         Ok(BatchOutput {
             loss,
@@ -910,7 +1026,9 @@ impl Engine {
     /// time. Returns (label, dispatches, total ms).
     pub fn profile_last(&self) -> Result<Vec<(String, usize, f64)>> {
         let Some(ws) = self.workspaces.last() else {
-            return Err(crate::Error::Input("profile_last: nothing has run yet".into()));
+            return Err(crate::Error::Input(
+                "profile_last: nothing has run yet".into(),
+            ));
         };
         let mut totals: Vec<(String, usize, f64)> = Vec::new();
         for d in &ws.plan.dispatches {
@@ -976,10 +1094,20 @@ impl Engine {
             return bad(format!("B·T = {} rows exceed 65535", batch.b * batch.t));
         }
         if let Some(&id) = batch.ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-            return bad(format!("token id {id} is outside the vocabulary of {}", cfg.vocab_size));
+            return bad(format!(
+                "token id {id} is outside the vocabulary of {}",
+                cfg.vocab_size
+            ));
         }
-        if let Some(&id) = batch.targets.iter().find(|&&id| id >= cfg.vocab_size as i32) {
-            return bad(format!("target id {id} is outside the vocabulary of {}", cfg.vocab_size));
+        if let Some(&id) = batch
+            .targets
+            .iter()
+            .find(|&&id| id >= cfg.vocab_size as i32)
+        {
+            return bad(format!(
+                "target id {id} is outside the vocabulary of {}",
+                cfg.vocab_size
+            ));
         }
         if gradients && self.weights.wte.len() > 1 {
             return bad(format!(
@@ -996,11 +1124,19 @@ impl Engine {
     /// Allocates the gradient buffers if no pass has yet.
     pub fn parameters(&mut self) -> Vec<Parameter<'_>> {
         if self.grads.is_none() {
-            self.grads = Some(GpuWeights::zeros_like(&self.ctx, &self.weights, &self.config));
+            self.grads = Some(GpuWeights::zeros_like(
+                &self.ctx,
+                &self.weights,
+                &self.config,
+            ));
         }
         let grads = self.grads.as_ref().expect("just allocated");
         // wte as one buffer: an optimizer over a chunked wte would miss rows.
-        assert_eq!(self.weights.wte.len(), 1, "training needs wte in one binding");
+        assert_eq!(
+            self.weights.wte.len(),
+            1,
+            "training needs wte in one binding"
+        );
         self.config
             .parameter_shapes()
             .into_iter()

@@ -214,7 +214,9 @@ pub fn random_weights(cfg: &GptConfig, seed: u64) -> Result<crate::model::Weight
         .parameter_shapes()
         .into_iter()
         .map(|(name, shape)| {
-            let t = generated.remove(&name).expect("every parameter is generated");
+            let t = generated
+                .remove(&name)
+                .expect("every parameter is generated");
             let values = t
                 .data()
                 .chunks_exact(4)

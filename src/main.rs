@@ -10,8 +10,8 @@ use revattn::gpu::{self, BackendChoice, GpuContext};
 use revattn::init::{self, InitArgs};
 use revattn::loss::LossKind;
 use revattn::maps::{self, MapsArgs};
-use revattn::tasks;
 use revattn::optim::AdamW;
+use revattn::tasks;
 use revattn::train::{self, TrainArgs, TrainSettings};
 use revattn::Result;
 
@@ -187,7 +187,8 @@ enum Command {
 fn train_command(args: &TrainArgs, backend: BackendChoice) -> Result<()> {
     if backend == BackendChoice::Cpu {
         return Err(revattn::Error::Input(
-            "training runs on a GPU adapter; --backend cpu is the reference for single passes".into(),
+            "training runs on a GPU adapter; --backend cpu is the reference for single passes"
+                .into(),
         ));
     }
     let ctx = GpuContext::new(backend)?;

@@ -140,9 +140,21 @@ impl GpuAdamW {
                 slot: slot as u32,
                 ..base
             };
-            plan.dispatch("adamw_grad_sq_sum", &sq_sum, &prm, &[(1, p.grad), (2, &sq)], [1, 1, 1]);
+            plan.dispatch(
+                "adamw_grad_sq_sum",
+                &sq_sum,
+                &prm,
+                &[(1, p.grad), (2, &sq)],
+                [1, 1, 1],
+            );
         }
-        plan.dispatch("adamw_clip_scale", &clip, &base, &[(3, &state), (7, &sq)], [1, 1, 1]);
+        plan.dispatch(
+            "adamw_clip_scale",
+            &clip,
+            &base,
+            &[(3, &state), (7, &sq)],
+            [1, 1, 1],
+        );
         for (p, (m, v)) in params.iter().zip(&moments) {
             let n = numel(p) as u32;
             let (grid, x_extent) = grid_2d(n.div_ceil(64));
@@ -182,7 +194,8 @@ impl GpuAdamW {
             bias_correction2: 1.0 - s.beta2.powi(t),
             ..Default::default()
         };
-        ctx.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(&state));
+        ctx.queue
+            .write_buffer(&self.state, 0, bytemuck::bytes_of(&state));
         &self.plan
     }
 
@@ -209,7 +222,12 @@ impl GpuAdamW {
     }
 
     /// Restores moments saved by `download_moments` and the step count.
-    pub fn upload_moments(&mut self, ctx: &GpuContext, moments: &[(Vec<f32>, Vec<f32>)], step: u32) {
+    pub fn upload_moments(
+        &mut self,
+        ctx: &GpuContext,
+        moments: &[(Vec<f32>, Vec<f32>)],
+        step: u32,
+    ) {
         for ((m, v), (mb, vb)) in moments.iter().zip(&self.moments) {
             ctx.queue.write_buffer(mb, 0, bytemuck::cast_slice(m));
             ctx.queue.write_buffer(vb, 0, bytemuck::cast_slice(v));

@@ -890,7 +890,10 @@ pub fn few_shot_prompt(
     };
     let t = suite.task(task).ok_or_else(|| {
         let names: Vec<&str> = suite.tasks.iter().map(|t| t.name.as_str()).collect();
-        Error::Input(format!("no task {task:?}; the suite has {}", names.join(", ")))
+        Error::Input(format!(
+            "no task {task:?}; the suite has {}",
+            names.join(", ")
+        ))
     })?;
     let prompts = eval_prompts(t, shots, suite.seed);
     let n = prompts.len();
@@ -899,4 +902,3 @@ pub fn few_shot_prompt(
     })?;
     Ok(prompt(&demos, q))
 }
-

@@ -221,7 +221,11 @@ pub fn training_batch(
 /// <|endoftext|> (id 0). Targets: every answer token when `all_answers`, else the query's only.
 fn pad_episodes(episodes: &[Episode], max_len: usize, all_answers: bool) -> TrainBatch {
     let longest = episodes.iter().map(|e| e.ids.len()).max().unwrap_or(1);
-    let t = longest.div_ceil(LENGTH_QUANTUM).saturating_mul(LENGTH_QUANTUM).min(max_len).max(longest);
+    let t = longest
+        .div_ceil(LENGTH_QUANTUM)
+        .saturating_mul(LENGTH_QUANTUM)
+        .min(max_len)
+        .max(longest);
     let b = episodes.len();
     let mut ids = vec![0u32; b * t];
     let mut targets = vec![-1i32; b * t];
@@ -415,11 +419,23 @@ pub fn run(args: &TrainArgs, ctx: GpuContext) -> Result<TrainReport> {
         state.losses.push((state.step, out.loss));
         if state.step % 10 == 0 || done {
             let elapsed = since.elapsed().as_secs_f64();
-            progress.update(state.step, loss_sum / loss_n as f64, lr, tokens_since as f64 / elapsed);
+            progress.update(
+                state.step,
+                loss_sum / loss_n as f64,
+                lr,
+                tokens_since as f64 / elapsed,
+            );
             (loss_sum, loss_n, tokens_since, since) = (0.0, 0, 0, Instant::now());
         }
         if s.eval_every > 0 && state.step % s.eval_every == 0 && !done {
-            let eval = evaluate(&mut engine, &suite, &tok, &s.eval_shots, Some(s.eval_queries), state.step)?;
+            let eval = evaluate(
+                &mut engine,
+                &suite,
+                &tok,
+                &s.eval_shots,
+                Some(s.eval_queries),
+                state.step,
+            )?;
             progress.message(&format!(
                 "step {}: held-out top-1 accuracy {}",
                 state.step,
@@ -443,7 +459,14 @@ pub fn run(args: &TrainArgs, ctx: GpuContext) -> Result<TrainReport> {
         state.evaluations.push(e.clone());
         e
     } else {
-        evaluate(&mut engine, &suite, &tok, &s.eval_shots, Some(s.eval_queries), state.step)?
+        evaluate(
+            &mut engine,
+            &suite,
+            &tok,
+            &s.eval_shots,
+            Some(s.eval_queries),
+            state.step,
+        )?
     };
     write_checkpoint(&args.out, &engine, &opt, &mut state, &suite)?;
     Ok(TrainReport {
@@ -545,13 +568,25 @@ fn moments_bytes(weights: &Weights, moments: &[(Vec<f32>, Vec<f32>)]) -> Result<
 
 type Moments = Vec<(Vec<f32>, Vec<f32>)>;
 
-fn load_checkpoint(out: &Path, cfg: &GptConfig, s: &TrainSettings) -> Result<(Weights, TrainState, Moments)> {
+fn load_checkpoint(
+    out: &Path,
+    cfg: &GptConfig,
+    s: &TrainSettings,
+) -> Result<(Weights, TrainState, Moments)> {
     let state_path = out.join("train_state.json");
     let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
-    let state: TrainState = serde_json::from_str(&text)
-        .map_err(|e| Error::Input(format!("{} is not a revattn training state: {e}", state_path.display())))?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| {
+        Error::Input(format!(
+            "{} is not a revattn training state: {e}",
+            state_path.display()
+        ))
+    })?;
     if state.format != STATE_FORMAT {
-        return Err(Error::Input(format!("{}: unknown format {:?}", state_path.display(), state.format)));
+        return Err(Error::Input(format!(
+            "{}: unknown format {:?}",
+            state_path.display(),
+            state.format
+        )));
     }
     let mut expected = state.settings.clone();
     expected.steps = s.steps; // a resumed run may train longer
@@ -574,7 +609,9 @@ fn load_checkpoint(out: &Path, cfg: &GptConfig, s: &TrainSettings) -> Result<(We
         || model.config.vocab_size != cfg.vocab_size
         || model.config.n_positions != cfg.n_positions
     {
-        return Err(Error::Input("--resume: the checkpoint's config.json differs from --config".into()));
+        return Err(Error::Input(
+            "--resume: the checkpoint's config.json differs from --config".into(),
+        ));
     }
     let read_bytes = |name: &str| {
         let path = out.join(name);

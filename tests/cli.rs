@@ -155,7 +155,11 @@ fn maps_without_model_uses_the_embedded_model() {
     let bytes = std::fs::read(out.join("maps.safetensors")).unwrap();
     let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
     let meta = meta.metadata().clone().unwrap();
-    assert!(meta["prompt"].starts_with("<|endoftext|>Q: "), "{}", meta["prompt"]);
+    assert!(
+        meta["prompt"].starts_with("<|endoftext|>Q: "),
+        "{}",
+        meta["prompt"]
+    );
     assert!(meta["prompt"].ends_with("\nA:"));
 }
 
@@ -163,8 +167,14 @@ fn maps_without_model_uses_the_embedded_model() {
 fn maps_task_prompts_reject_bad_requests() {
     for (extra, needle) in [
         (vec!["--task", "nonsense"], "no task \"nonsense\""),
-        (vec!["--task", "first", "--query", "100000"], "--query 100000"),
-        (vec!["--task", "first", "--tasks", "/nonexistent/suite"], "/nonexistent/suite"),
+        (
+            vec!["--task", "first", "--query", "100000"],
+            "--query 100000",
+        ),
+        (
+            vec!["--task", "first", "--tasks", "/nonexistent/suite"],
+            "/nonexistent/suite",
+        ),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("out");
@@ -178,7 +188,9 @@ fn maps_task_prompts_reject_bad_requests() {
         assert!(!out.exists());
     }
     // --prompt and --task exclude each other (clap's usage error)
-    let o = revattn(&["maps", "--task", "first", "--prompt", "x", "--target", " y", "--out", "o"]);
+    let o = revattn(&[
+        "maps", "--task", "first", "--prompt", "x", "--target", " y", "--out", "o",
+    ]);
     assert!(!o.status.success());
 }
 

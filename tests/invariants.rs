@@ -61,7 +61,10 @@ fn prompts_for(model: &Model) -> Vec<(String, String, String)> {
     } else {
         [
             ("The", " city"),
-            ("I like Italy and France. I visited the city of", " Florence"),
+            (
+                "I like Italy and France. I visited the city of",
+                " Florence",
+            ),
             ("Q: 12 + 7\nA: 19\n\nQ: 3 + 4\nA:", " 7"),
         ]
         .map(|(p, t)| (p.to_string(), t.to_string(), " Rome".to_string()))
@@ -83,7 +86,8 @@ fn ra_is_lower_triangular_with_zero_row_sums() {
         let (nl, nh) = (model.config.n_layer, model.config.n_head);
         for (prompt, target, foil) in &prompts {
             for kind in [LossKind::Nll, LossKind::Ce, LossKind::LogitDiff] {
-                let seq = sequence_with_foil(model, prompt, target, foil, kind, kind == LossKind::Ce);
+                let seq =
+                    sequence_with_foil(model, prompt, target, foil, kind, kind == LossKind::Ce);
                 let t = seq.len();
                 let out = engine
                     .run(&seq, &ForwardOptions::default(), Readback::default())

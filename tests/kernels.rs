@@ -68,7 +68,10 @@ fn check_linear(ctx: &GpuContext, linear: &Linear) {
         );
         let out = ctx.storage("out", 4 * (m * n) as u64);
         let dx = ctx.storage("dx", 4 * (m * k) as u64);
-        let (dw, db) = (ctx.storage("dw", 4 * (k * n) as u64), ctx.storage("db", 4 * n as u64));
+        let (dw, db) = (
+            ctx.storage("dw", 4 * (k * n) as u64),
+            ctx.storage("db", 4 * n as u64),
+        );
         let dout = rng.vec(m * n, 1.0);
         let doutb = ctx.upload("dout", &dout);
         run(ctx, |p| {
@@ -257,7 +260,7 @@ fn check_layernorm(ctx: &GpuContext, ln: &LayerNorm) {
         let rstd = ctx.storage("rstd", 4 * rows as u64);
         let dx = ctx.storage("dx", 4 * (rows * c) as u64);
         let dx_nores = ctx.storage("dx", 4 * (rows * c) as u64);
-        run(&ctx, |p| {
+        run(ctx, |p| {
             ln.forward(p, &out, &mean, &rstd, &xb, &wb, &bb, (rows, c), 1e-5);
             let saved = LayerNormSaved {
                 x: &xb,
@@ -297,19 +300,19 @@ fn check_layernorm(ctx: &GpuContext, ln: &LayerNorm) {
         );
         assert_close(
             &format!("layernorm forward rows{rows} C{c}"),
-            &read(&ctx, &out, rows * c),
+            &read(ctx, &out, rows * c),
             &o,
             REL_TOL,
         );
         assert_close(
             &format!("layernorm mean rows{rows} C{c}"),
-            &read(&ctx, &mean, rows),
+            &read(ctx, &mean, rows),
             &m,
             REL_TOL,
         );
         assert_close(
             &format!("layernorm rstd rows{rows} C{c}"),
-            &read(&ctx, &rstd, rows),
+            &read(ctx, &rstd, rows),
             &r,
             REL_TOL,
         );
@@ -329,7 +332,7 @@ fn check_layernorm(ctx: &GpuContext, ln: &LayerNorm) {
         );
         assert_close(
             &format!("layernorm backward+residual rows{rows} C{c}"),
-            &read(&ctx, &dx, rows * c),
+            &read(ctx, &dx, rows * c),
             &want,
             REL_TOL,
         );
@@ -345,7 +348,7 @@ fn check_layernorm(ctx: &GpuContext, ln: &LayerNorm) {
         );
         assert_close(
             &format!("layernorm backward rows{rows} C{c}"),
-            &read(&ctx, &dx_nores, rows * c),
+            &read(ctx, &dx_nores, rows * c),
             &want,
             REL_TOL,
         );
@@ -463,8 +466,14 @@ fn check_attention(ctx: &GpuContext, attn: &Attention) {
             let z = ctx.storage("z", 4 * (t * c) as u64);
             let ra = ctx.storage("ra", 4 * (nh * t * t) as u64);
             let dqkv = ctx.storage("dqkv", 4 * (t * 3 * c) as u64);
-            let shape = AttentionShape { b: 1, t, c, nh, layer };
-            run(&ctx, |p| {
+            let shape = AttentionShape {
+                b: 1,
+                t,
+                c,
+                nh,
+                layer,
+            };
+            run(ctx, |p| {
                 let b = AttentionBuffers {
                     qkv: &qkvb,
                     att: &att,
@@ -502,19 +511,19 @@ fn check_attention(ctx: &GpuContext, attn: &Attention) {
                 &hs64,
             );
             let tag = format!("T{t} NH{nh} hs{hs} patch {eta:?}");
-            let got_att = read(&ctx, &att, nh * t * t);
+            let got_att = read(ctx, &att, nh * t * t);
             assert_close(&format!("attention A {tag}"), &got_att, &a_ref, REL_TOL);
             assert_close(
                 &format!("attention Z {tag}"),
-                &read(&ctx, &z, t * c),
+                &read(ctx, &z, t * c),
                 &z_ref,
                 REL_TOL,
             );
-            let got_ra = read(&ctx, &ra, nh * t * t);
+            let got_ra = read(ctx, &ra, nh * t * t);
             assert_close(&format!("attention RA {tag}"), &got_ra, &r_ref, REL_TOL);
             assert_close(
                 &format!("attention dQKV {tag}"),
-                &read(&ctx, &dqkv, t * 3 * c),
+                &read(ctx, &dqkv, t * 3 * c),
                 &dqkv_ref,
                 REL_TOL,
             );
@@ -544,13 +553,14 @@ fn loss_kernel_matches_reference_for_every_loss() {
         ids: vec![0; 10],
         targets: vec![3, -1, 1030, 7, -1, -1, 0, 5, -1, 12],
     };
-    let mut cases: Vec<(String, revattn::loss::LossPlan)> = [LossKind::Nll, LossKind::Ce, LossKind::LogitDiff]
-        .into_iter()
-        .map(|kind| {
-            let seq = Sequence::from_ids(vec![1, 2, 3, 4], kind, &[5, 900, 5], Some(17));
-            (kind.name().to_string(), seq.loss)
-        })
-        .collect();
+    let mut cases: Vec<(String, revattn::loss::LossPlan)> =
+        [LossKind::Nll, LossKind::Ce, LossKind::LogitDiff]
+            .into_iter()
+            .map(|kind| {
+                let seq = Sequence::from_ids(vec![1, 2, 3, 4], kind, &[5, 900, 5], Some(17));
+                (kind.name().to_string(), seq.loss)
+            })
+            .collect();
     cases.push(("training batch".to_string(), batch.loss_plan()));
     for (name, plan) in &cases {
         let r = plan.n_rows();
@@ -578,11 +588,6 @@ fn loss_kernel_matches_reference_for_every_loss() {
             REL_TOL,
         );
         let got: f64 = read(&ctx, &lr, r).iter().map(|&x| x as f64).sum();
-        assert_close(
-            &format!("loss {name}"),
-            &[got as f32],
-            &[loss],
-            REL_TOL,
-        );
+        assert_close(&format!("loss {name}"), &[got as f32], &[loss], REL_TOL);
     }
 }

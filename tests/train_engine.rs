@@ -86,7 +86,10 @@ fn check_gradients(name: &str, cfg: &GptConfig, b: usize, t: usize, seed: u64) {
     let mut engine = Engine::new(gpu(), &model).unwrap();
     let out = engine.run_batch(&batch, true, false, None).unwrap();
     let got = engine.download_gradients().unwrap();
-    println!("{name}: B={b} T={t} loss gpu {:.6} cpu {:.6}", out.loss, want.loss);
+    println!(
+        "{name}: B={b} T={t} loss gpu {:.6} cpu {:.6}",
+        out.loss, want.loss
+    );
     assert!(
         ((out.loss - want.loss) / want.loss).abs() < 1e-5,
         "{name}: loss {} vs {}",
@@ -132,7 +135,15 @@ fn adamw_steps_match_the_reference() {
     let mut opt = GpuAdamW::for_engine(&mut engine, settings);
     for step in 1..=6u32 {
         let want = reference::train_grads_f64(&cfg, &params, &batch);
-        let norm = reference::adamw_step(&mut params, &want.grads, &mut m, &mut v, &shapes, step, &settings);
+        let norm = reference::adamw_step(
+            &mut params,
+            &want.grads,
+            &mut m,
+            &mut v,
+            &shapes,
+            step,
+            &settings,
+        );
         let plan = opt.prepare_step(&engine.ctx, settings.lr);
         // The plan borrows the optimizer; run_batch needs the engine mutably, not the optimizer.
         let out = engine.run_batch(&batch, true, false, Some(plan)).unwrap();
@@ -141,8 +152,14 @@ fn adamw_steps_match_the_reference() {
             "step {step}: loss gpu {:.7} cpu {:.7}  grad norm gpu {gpu_norm:.6} cpu {norm:.6} (clip scale {scale:.4})",
             out.loss, want.loss
         );
-        assert!(((out.loss - want.loss) / want.loss).abs() < 1e-4, "step {step} loss");
-        assert!(((gpu_norm as f64 - norm) / norm).abs() < 1e-4, "step {step} grad norm");
+        assert!(
+            ((out.loss - want.loss) / want.loss).abs() < 1e-4,
+            "step {step} loss"
+        );
+        assert!(
+            ((gpu_norm as f64 - norm) / norm).abs() < 1e-4,
+            "step {step} grad norm"
+        );
     }
     let got = engine.download_weights().unwrap();
     let c = cfg.n_embd;
@@ -152,8 +169,18 @@ fn adamw_steps_match_the_reference() {
             // hold rounding noise (≈1e-9 in f32, ≈1e-17 in f64) that Adam's m/√v turns into ±lr
             // steps. It never changes the loss; compare the Q and V thirds only.
             let (got_q, got_v) = (&t.data()[..c], &t.data()[2 * c..]);
-            assert_close(&format!("after 6 steps {name} (Q)"), got_q, &want[..c], 1e-4);
-            assert_close(&format!("after 6 steps {name} (V)"), got_v, &want[2 * c..], 1e-4);
+            assert_close(
+                &format!("after 6 steps {name} (Q)"),
+                got_q,
+                &want[..c],
+                1e-4,
+            );
+            assert_close(
+                &format!("after 6 steps {name} (V)"),
+                got_v,
+                &want[2 * c..],
+                1e-4,
+            );
             continue;
         }
         assert_close(&format!("after 6 steps {name}"), t.data(), want, 1e-4);
@@ -178,7 +205,14 @@ fn batched_forward_matches_one_sequence_at_a_time() {
         let ids = batch.ids[s * batch.t..s * batch.t + len].to_vec();
         let seq = Sequence::from_ids(ids, LossKind::Nll, &[0], None);
         let single = engine
-            .run(&seq, &ForwardOptions::default(), Readback { backward: false, ..Default::default() })
+            .run(
+                &seq,
+                &ForwardOptions::default(),
+                Readback {
+                    backward: false,
+                    ..Default::default()
+                },
+            )
             .unwrap();
         // logits come back for the target rows only, in row order
         let slot = batch
@@ -195,5 +229,8 @@ fn batched_forward_matches_one_sequence_at_a_time() {
         worst = worst.max(diff / scale);
     }
     println!("batched vs single last-position logits: max rel {worst:.2e}");
-    assert!(worst < 1e-5, "batched forward differs from single passes: {worst:.2e}");
+    assert!(
+        worst < 1e-5,
+        "batched forward differs from single passes: {worst:.2e}"
+    );
 }

@@ -39,7 +39,12 @@ fn suite_dir(root: &Path) -> std::path::PathBuf {
     dir
 }
 
-fn train(tasks: &Path, out: &Path, settings: TrainSettings, resume: bool) -> revattn::Result<train::TrainReport> {
+fn train(
+    tasks: &Path,
+    out: &Path,
+    settings: TrainSettings,
+    resume: bool,
+) -> revattn::Result<train::TrainReport> {
     train_until(tasks, out, settings, resume, None)
 }
 
@@ -72,7 +77,13 @@ fn training_is_deterministic_resumable_and_writes_a_loadable_model() {
     let whole = tmp.path().join("whole");
     let report = train(&suite, &whole, settings(10), false).unwrap();
     assert_eq!(report.steps, 10);
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "optimizer.safetensors", "train_state.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "optimizer.safetensors",
+        "train_state.json",
+    ] {
         assert!(whole.join(f).is_file(), "{f} missing");
     }
     let st = state(&whole);
@@ -82,16 +93,29 @@ fn training_is_deterministic_resumable_and_writes_a_loadable_model() {
     assert_eq!(steps, vec![4, 8, 10]);
     let last = st.evaluations.last().unwrap();
     assert_eq!(last.per_task.len(), 7 * 2);
-    assert!(last.per_task.iter().all(|a| a.queries > 8), "the final evaluation uses every query");
+    assert!(
+        last.per_task.iter().all(|a| a.queries > 8),
+        "the final evaluation uses every query"
+    );
     assert_eq!(st.losses.len(), 10);
     let mean = |l: &[(usize, f64)]| l.iter().map(|x| x.1).sum::<f64>() / l.len() as f64;
     let (first_loss, last_loss) = (mean(&st.losses[..3]), mean(&st.losses[7..]));
     println!("loss (mean of 3 steps) {first_loss:.4} → {last_loss:.4}");
-    assert!(last_loss < first_loss, "the loss did not go down: {first_loss} → {last_loss}");
+    assert!(
+        last_loss < first_loss,
+        "the loss did not go down: {first_loss} → {last_loss}"
+    );
 
     // The checkpoint is an HF GPT-2 directory revattn (and transformers) can load.
     let model = Model::load(&whole).unwrap();
-    assert_eq!((model.config.n_layer, model.config.n_head, model.config.n_embd), (2, 2, 16));
+    assert_eq!(
+        (
+            model.config.n_layer,
+            model.config.n_head,
+            model.config.n_embd
+        ),
+        (2, 2, 16)
+    );
     assert_eq!(model.config.n_positions, 48);
     assert_eq!(model.tokenizer.vocab_size(), model.config.vocab_size);
 
@@ -102,10 +126,16 @@ fn training_is_deterministic_resumable_and_writes_a_loadable_model() {
     train(&suite, &split, settings(10), true).unwrap();
     let a = std::fs::read(whole.join("model.safetensors")).unwrap();
     let b = std::fs::read(split.join("model.safetensors")).unwrap();
-    assert!(a == b, "resumed training differs from the uninterrupted run");
+    assert!(
+        a == b,
+        "resumed training differs from the uninterrupted run"
+    );
     let a = std::fs::read(whole.join("optimizer.safetensors")).unwrap();
     let b = std::fs::read(split.join("optimizer.safetensors")).unwrap();
-    assert!(a == b, "resumed optimizer state differs from the uninterrupted run");
+    assert!(
+        a == b,
+        "resumed optimizer state differs from the uninterrupted run"
+    );
 }
 
 #[test]
@@ -122,25 +152,66 @@ fn bad_training_requests_fail_with_one_line_errors() {
         assert!(msg.contains(needle), "{msg:?} does not mention {needle:?}");
         assert!(!msg.contains('\n'), "not one line: {msg:?}");
     };
-    expect_err(train(&suite, &out, TrainSettings { steps: 0, ..settings(4) }, false), "--steps");
     expect_err(
-        train(&suite, &out, TrainSettings { eval_shots: vec![10], ..settings(4) }, false),
+        train(
+            &suite,
+            &out,
+            TrainSettings {
+                steps: 0,
+                ..settings(4)
+            },
+            false,
+        ),
+        "--steps",
+    );
+    expect_err(
+        train(
+            &suite,
+            &out,
+            TrainSettings {
+                eval_shots: vec![10],
+                ..settings(4)
+            },
+            false,
+        ),
         "--seq 48",
     );
     expect_err(
-        train(&suite, &out, TrainSettings { config: "2,3,16".into(), ..settings(4) }, false),
+        train(
+            &suite,
+            &out,
+            TrainSettings {
+                config: "2,3,16".into(),
+                ..settings(4)
+            },
+            false,
+        ),
         "divisible",
     );
-    expect_err(train(&tmp.path().join("nope"), &out, settings(4), false), "nope");
+    expect_err(
+        train(&tmp.path().join("nope"), &out, settings(4), false),
+        "nope",
+    );
     assert!(!out.exists(), "a failed run left {}", out.display());
     expect_err(train(&suite, &out, settings(4), true), "train_state.json");
 
     train(&suite, &out, settings(4), false).unwrap();
     expect_err(train(&suite, &out, settings(8), false), "--resume");
     expect_err(
-        train(&suite, &out, TrainSettings { batch: 5, ..settings(8) }, true),
+        train(
+            &suite,
+            &out,
+            TrainSettings {
+                batch: 5,
+                ..settings(8)
+            },
+            true,
+        ),
         "settings differ",
     );
     expect_err(train(&suite, &out, settings(3), true), "beyond --steps");
-    expect_err(train_until(&suite, &out, settings(8), true, Some(4)), "nothing to train");
+    expect_err(
+        train_until(&suite, &out, settings(8), true, Some(4)),
+        "nothing to train",
+    );
 }

@@ -94,7 +94,10 @@ impl Attention {
 
     /// `row_kernels` picks the one-invocation-per-row softmax and score backward (tests run both).
     pub fn with_row_kernels(ctx: &GpuContext, row_kernels: bool) -> Self {
-        let module = ctx.shader("attention.wgsl", include_str!("../../shaders/attention.wgsl"));
+        let module = ctx.shader(
+            "attention.wgsl",
+            include_str!("../../shaders/attention.wgsl"),
+        );
         let kernels = |suffix: &str| {
             let [softmax_forward, values_forward, scores_backward, query_backward, key_value_backward] =
                 [
@@ -221,7 +224,13 @@ impl Attention {
                 "attention_scores_backward",
                 &k.scores_backward,
                 &params,
-                &[(v.qkv, b.qkv), (3, b.att), (5, b.head_scale), (v.dz, dz), (8, ra)],
+                &[
+                    (v.qkv, b.qkv),
+                    (3, b.att),
+                    (5, b.head_scale),
+                    (v.dz, dz),
+                    (8, ra),
+                ],
                 [s.t as u32, s.nh as u32, s.b as u32],
             ),
         }

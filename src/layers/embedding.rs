@@ -90,7 +90,10 @@ impl Embedding {
         (b, t, c): (usize, usize, usize),
     ) {
         let rows = b * t;
-        assert!(rows <= 65_535, "B·T = {rows} rows exceed one dispatch dimension");
+        assert!(
+            rows <= 65_535,
+            "B·T = {rows} rows exceed one dispatch dimension"
+        );
         for chunk in wte {
             plan.dispatch(
                 "embedding_forward",
@@ -136,7 +139,12 @@ impl Embedding {
         );
     }
 
-    fn params(chunk: &VocabChunk, (b, t, c): (usize, usize, usize), n_positions: usize, flags: u32) -> Params {
+    fn params(
+        chunk: &VocabChunk,
+        (b, t, c): (usize, usize, usize),
+        n_positions: usize,
+        flags: u32,
+    ) -> Params {
         Params {
             t: t as u32,
             c: c as u32,

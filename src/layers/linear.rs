@@ -112,7 +112,12 @@ impl Linear {
                 ctx,
                 "linear_subgroup.wgsl",
                 include_str!("../../shaders/linear_subgroup.wgsl"),
-                ["matmul_nn_sg", "matmul_nt_sg", "matmul_nt_row_sg", "matmul_tn_sg"],
+                [
+                    "matmul_nn_sg",
+                    "matmul_nt_sg",
+                    "matmul_nt_row_sg",
+                    "matmul_tn_sg",
+                ],
             )
         });
         Linear {
@@ -209,7 +214,13 @@ impl Linear {
                 accumulate: false,
             },
         );
-        self.column_sum(plan, "linear_backward_bias", db, Operand::new(dout, n), (m, n));
+        self.column_sum(
+            plan,
+            "linear_backward_bias",
+            db,
+            Operand::new(dout, n),
+            (m, n),
+        );
     }
 
     /// out (N) = Σ_{r < rows} a[r, 0..N).
