@@ -754,6 +754,135 @@ impl Workspace {
     }
 }
 
+/// What running one sequence needs on the adapter, computed before anything is allocated (the
+/// same buffers `Engine::new` and a one-sequence workspace create, each rounded to 16 bytes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryEstimate {
+    pub weights: u64,
+    pub workspace: u64,
+    /// The largest single buffer (an adapter limits each buffer, not only the total).
+    pub largest_buffer: u64,
+}
+
+impl MemoryEstimate {
+    /// One sequence of `t` tokens whose loss reads `rows` rows, with or without the backward.
+    pub fn for_sequence(
+        cfg: &GptConfig,
+        t: usize,
+        rows: usize,
+        backward: bool,
+        max_binding: u64,
+    ) -> Self {
+        let (c, f, nh, v, nl) = (
+            cfg.n_embd,
+            cfg.n_inner,
+            cfg.n_head,
+            cfg.vocab_size,
+            cfg.n_layer,
+        );
+        // workspace buffers are rounded to 16 bytes (`GpuContext::storage`), uploads are exact
+        let b = |floats: usize| (4 * floats as u64).max(16).div_ceil(16) * 16;
+        let exact = |floats: usize| 4 * floats as u64;
+        // wte in chunks of whole rows that fit one binding (as GpuWeights::upload splits it)
+        let chunk_rows = ((max_binding / (4 * c as u64)) as usize / 64 * 64).max(64);
+        let wte: Vec<u64> = (0..v)
+            .step_by(chunk_rows)
+            .map(|r0| exact(chunk_rows.min(v - r0) * c))
+            .collect();
+        let block = [c, c, c * 3 * c, 3 * c, c * c, c, c, c, c * f, f, f * c, c];
+        let weights = wte.iter().sum::<u64>()
+            + exact(cfg.n_positions * c)
+            + nl as u64 * block.iter().map(|&n| exact(n)).sum::<u64>()
+            + 2 * exact(c);
+        let att = b(nh * t * t);
+        let mut sizes = vec![
+            b(t),
+            b(nl * nh),
+            b(rows),
+            b(4 * rows.max(1)),
+            b(rows + 1),
+            b(1),
+            b(1),
+            b(1),
+            b(1),
+            b(t * c),
+            b(1), // ln_f_out, ln_f_rows
+            b(rows * v),
+            b(rows * v),
+            b(rows),
+            b(rows * c), // logits, dlogits, loss_rows, dln_f_rows
+            b(t * c),
+            b(t * c),
+            b(t * c),
+            b(t * f), // shared slots: ln_1_out, z, ln_2_out, fc_act
+            2 * b(t), // ln_f stats
+        ];
+        sizes.extend(std::iter::repeat_n(b(t * c), nl + 1)); // hidden
+        sizes.extend(std::iter::repeat_n(2 * b(t), 2 * nl)); // ln_1, ln_2 stats
+        sizes.extend(std::iter::repeat_n(b(t * 3 * c), nl)); // qkv
+        sizes.extend(std::iter::repeat_n(att, nl)); // att
+        sizes.extend(std::iter::repeat_n(b(t * c), nl)); // mid
+        sizes.extend(std::iter::repeat_n(b(t * f), nl)); // fc_pre
+        if backward {
+            sizes.extend(std::iter::repeat_n(b(t * c), nl + 1)); // dhidden
+            sizes.extend([
+                b(t * f),
+                b(t * f),
+                b(t * c),
+                b(t * c),
+                b(t * c),
+                b(t * 3 * c),
+            ]);
+            sizes.extend(std::iter::repeat_n(att, nl)); // ra
+        } else {
+            sizes.extend([b(1), b(1), b(1), b(1), b(1), b(1)]);
+        }
+        let largest_buffer = sizes
+            .iter()
+            .chain(&wte)
+            .copied()
+            .chain(block.iter().map(|&n| exact(n)))
+            .max()
+            .unwrap_or(0);
+        MemoryEstimate {
+            weights,
+            workspace: sizes.iter().sum(),
+            largest_buffer,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.weights + self.workspace
+    }
+
+    /// Fails with one line when the adapter cannot hold it: a buffer over its limit, or (on a CPU
+    /// adapter, whose "GPU" memory is host memory) more than the host has available.
+    pub fn check(&self, ctx: &GpuContext) -> Result<()> {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        if self.largest_buffer > ctx.limits.max_buffer_size {
+            return Err(crate::Error::Gpu(format!(
+                "this pass needs a {:.0} MiB buffer; {} allows {:.0} MiB per buffer (shorten the prompt)",
+                mib(self.largest_buffer),
+                ctx.info.name,
+                mib(ctx.limits.max_buffer_size)
+            )));
+        }
+        if ctx.profile == crate::gpu::KernelProfile::CpuAdapter {
+            if let Some(available) = crate::gpu::host_available_bytes() {
+                if self.total() > available {
+                    return Err(crate::Error::Gpu(format!(
+                        "this pass needs about {:.0} MiB on {} (host memory), {:.0} MiB are available",
+                        mib(self.total()),
+                        ctx.info.name,
+                        mib(available)
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A model on the GPU, ready to run many prompts (and, with gradients, to be trained).
 pub struct Engine {
     pub ctx: GpuContext,

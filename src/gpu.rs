@@ -284,3 +284,11 @@ impl GpuContext {
         Ok(())
     }
 }
+
+/// MemAvailable from /proc/meminfo (Linux), in bytes.
+pub fn host_available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -9,7 +9,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::json;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, MemoryEstimate};
 use crate::error::{Error, Result};
 use crate::gpu::{BackendChoice, GpuContext};
 use crate::loss::{LossKind, LossRequest, Sequence};
@@ -60,6 +60,35 @@ pub fn open_backend<'m>(choice: BackendChoice, model: &'m Model) -> Result<Box<d
     })
 }
 
+/// Like `open_backend`, but says first how much adapter memory the pass over `seq` needs and
+/// refuses (before uploading anything) when the adapter cannot hold it.
+fn open_backend_for<'m>(
+    choice: BackendChoice,
+    model: &'m Model,
+    seq: &Sequence,
+) -> Result<Box<dyn Backend + 'm>> {
+    if choice == BackendChoice::Cpu {
+        return open_backend(choice, model);
+    }
+    let ctx = GpuContext::new(choice)?;
+    let need = MemoryEstimate::for_sequence(
+        &model.config,
+        seq.len(),
+        seq.loss.rows.len(),
+        true,
+        ctx.max_binding_bytes(),
+    );
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    eprintln!(
+        "memory   about {:.0} MiB on the adapter: weights {:.0} MiB, activations and maps {:.0} MiB",
+        mib(need.total()),
+        mib(need.weights),
+        mib(need.workspace)
+    );
+    need.check(&ctx)?;
+    Ok(Box::new(Engine::new(ctx, model)?))
+}
+
 pub fn run(args: &MapsArgs) -> Result<MapsReport> {
     let mut timings: Vec<(&'static str, f64)> = Vec::new();
     let mut clock = Instant::now();
@@ -82,7 +111,7 @@ pub fn run(args: &MapsArgs) -> Result<MapsReport> {
     lap("tokenize", &mut timings);
     let staged = StagedDir::create(&args.out)?;
 
-    let mut backend = open_backend(args.backend, &model)?;
+    let mut backend = open_backend_for(args.backend, &model, &seq)?;
     let backend_name = backend.describe();
     lap("backend_setup", &mut timings);
     let out: PassOutput = backend.run(&seq, &ForwardOptions::default(), Readback::default())?;

@@ -150,6 +150,8 @@ fn maps_without_model_uses_the_embedded_model() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("embedded default model"));
+    // the memory the pass needs is said before it runs
+    assert!(String::from_utf8_lossy(&o.stderr).contains("memory   about"));
     // a 5-shot prompt of one-word pairs: BOS + 5 demonstrations of 9 tokens + "Q: x\nA:"
     assert!(stdout.contains("tokens   52 "), "{stdout}");
     let bytes = std::fs::read(out.join("maps.safetensors")).unwrap();

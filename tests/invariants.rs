@@ -240,3 +240,33 @@ fn forward_only_readback_skips_the_backward() {
     assert_eq!(fwd.loss, full.loss);
     assert_eq!(fwd.logits, full.logits);
 }
+
+/// `MemoryEstimate` (what `maps` prints and checks before it starts) is exactly what the engine
+/// then holds.
+#[test]
+fn the_memory_estimate_matches_the_buffers_the_engine_holds() {
+    for name in ["tiny-bpe", "tiny-odd", "tiny-prefixed"] {
+        let model = fixture(name);
+        for kind in [LossKind::Nll, LossKind::Ce] {
+            let seq = sequence(&model, "I like Italy and France.", " Florence", kind, true);
+            let mut engine = Engine::new(gpu(), &model).unwrap();
+            engine
+                .run(&seq, &ForwardOptions::default(), Readback::default())
+                .unwrap();
+            let want = revattn::engine::MemoryEstimate::for_sequence(
+                &model.config,
+                seq.len(),
+                seq.loss.rows.len(),
+                true,
+                engine.ctx.max_binding_bytes(),
+            );
+            println!(
+                "{name} {}: estimate {} B, engine holds {} B",
+                kind.name(),
+                want.total(),
+                engine.gpu_bytes()
+            );
+            assert_eq!(want.total(), engine.gpu_bytes(), "{name} {}", kind.name());
+        }
+    }
+}
