@@ -453,21 +453,14 @@ pub fn run(args: &TrainArgs, ctx: GpuContext) -> Result<TrainReport> {
         }
     }
     state.train_seconds = seconds_before + session_start.elapsed().as_secs_f64();
-    // The final evaluation (every test query) only at the end of the schedule.
-    let evaluation = if state.step == s.steps {
-        let e = evaluate(&mut engine, &suite, &tok, &s.eval_shots, None, state.step)?;
-        state.evaluations.push(e.clone());
-        e
-    } else {
-        evaluate(
-            &mut engine,
-            &suite,
-            &tok,
-            &s.eval_shots,
-            Some(s.eval_queries),
-            state.step,
-        )?
-    };
+    // Every test query at the end of the schedule (and recorded); a run stopped by --until
+    // reports the periodic sample.
+    let at_end = state.step == s.steps;
+    let sample = (!at_end).then_some(s.eval_queries);
+    let evaluation = evaluate(&mut engine, &suite, &tok, &s.eval_shots, sample, state.step)?;
+    if at_end {
+        state.evaluations.push(evaluation.clone());
+    }
     write_checkpoint(&args.out, &engine, &opt, &mut state, &suite)?;
     Ok(TrainReport {
         steps: state.step,
