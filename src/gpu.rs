@@ -86,6 +86,8 @@ pub struct GpuContext {
     pub profile: KernelProfile,
     /// Subgroup operations are enabled and subgroups are exactly 8 lanes wide.
     pub subgroups_of_8: bool,
+    /// Whether naga's shader-side safety code is compiled in (see `shader_runtime_checks`).
+    pub runtime_checks: wgpu::ShaderRuntimeChecks,
     /// The first validation / out-of-memory error wgpu reported since the last `check`.
     error: Arc<Mutex<Option<String>>>,
 }
@@ -130,6 +132,7 @@ impl GpuContext {
             ..Default::default()
         }))
         .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", info.name)))?;
+        let runtime_checks = shader_runtime_checks(&info);
         let error = Arc::new(Mutex::new(None::<String>));
         let sink = error.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -152,6 +155,7 @@ impl GpuContext {
             limits,
             profile,
             subgroups_of_8,
+            runtime_checks,
             error,
         })
     }
@@ -183,11 +187,17 @@ impl GpuContext {
     }
 
     pub fn shader(&self, label: &str, source: &str) -> wgpu::ShaderModule {
-        self.device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(label),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            })
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        };
+        // SAFETY: `shader_runtime_checks` drops checks only for this project's own kernels on
+        // Vulkan CPU adapters, whose buffers stay bounds-checked by the driver (robustness2), and
+        // every kernel bounds its loops by its parameters and indexes private arrays in range.
+        unsafe {
+            self.device
+                .create_shader_module_trusted(desc, self.runtime_checks)
+        }
     }
 
     pub fn pipeline(&self, module: &wgpu::ShaderModule, entry: &str) -> wgpu::ComputePipeline {
@@ -291,4 +301,22 @@ pub fn host_available_bytes() -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// naga compiles safety code into every shader by default: a clamp on each private-array index, a
+/// counter on each loop (against infinite loops) and guards on integer division. On a real GPU that
+/// costs little; llvmpipe runs it per lane on the CPU, where it slows the tight GEMM loops
+/// (docs/BENCHMARKS.md). On Vulkan CPU adapters (lavapipe), which keep every storage
+/// buffer access bounds-checked in the driver (robustBufferAccess2, which wgpu enables), the
+/// project's kernels are compiled without it. Elsewhere, and whenever `REVATTN_SHADER_CHECKS=1`
+/// is set (debugging a kernel), wgpu's checked default applies.
+fn shader_runtime_checks(info: &wgpu::AdapterInfo) -> wgpu::ShaderRuntimeChecks {
+    let lavapipe =
+        info.device_type == wgpu::DeviceType::Cpu && info.backend == wgpu::Backend::Vulkan;
+    let forced = std::env::var("REVATTN_SHADER_CHECKS").is_ok_and(|v| v == "1");
+    if lavapipe && !forced {
+        wgpu::ShaderRuntimeChecks::unchecked()
+    } else {
+        wgpu::ShaderRuntimeChecks::checked()
+    }
 }
