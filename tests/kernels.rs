@@ -54,6 +54,10 @@ fn check_linear(ctx: &GpuContext, linear: &Linear) {
         (33, 68, 36),
         (5, 768, 2304),
         (1, 3072, 768),
+        // 64-row tiles: M ≥ 64, ragged in M and N
+        (70, 36, 132),
+        (131, 64, 20),
+        (64, 8, 68),
     ];
     for &(m, k, n) in &shapes {
         let x = rng.vec(m * k, 1.0);

@@ -57,6 +57,11 @@ impl Plan {
 }
 
 impl<'a> PlanBuilder<'a> {
+    /// The context the plan is built for.
+    pub fn ctx(&self) -> &'a GpuContext {
+        self.ctx
+    }
+
     pub fn new(ctx: &'a GpuContext) -> Self {
         PlanBuilder {
             ctx,
