@@ -2,6 +2,7 @@
 //   matmul_nn_sg   C = A·B    forward y = x·W + b (+ residual)
 //   matmul_nt_sg   C = A·Bᵀ   backward dx = dy·Wᵀ
 //   matmul_tn_sg   C = Aᵀ·B   weight gradient dW = xᵀ·dy
+//   matmul_nt_row_sg, matmul_nn_row_sg   one row of C at a time (the lm_head at the loss rows)
 // llvmpipe runs the 8 invocations of a subgroup as SIMD lanes and a workgroup on one thread. Every
 // load from a buffer costs far more than the FMAs it feeds (measured: a loop of 16 vec4 FMAs per vec4
 // load runs at 1/15 of the same loop without the load), so what counts is FMAs per loaded value:
@@ -171,4 +172,33 @@ fn matmul_nt_row_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_inv
         }
     }
     store(0u, col, dot(acc, vec4<f32>(1.0)));
+}
+
+// A few rows of C = A·B whose K, lda or A offset is not vec4-aligned (the lm_head backward at the
+// loss rows: dx = dlogits·wte, K = V = 50257): workgroup (x, row) computes 32 columns of C row
+// `row`; lane l owns vec4 column l. The 8 lanes load 8 consecutive A values together and share them
+// with subgroupBroadcast, so each B quad loaded feeds one FMA and nothing is loaded twice.
+@compute @workgroup_size(8)
+fn matmul_nn_row_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let row = wid.y;
+    let cv = wid.x * 8u + lane;
+    let ldb4 = p.ldb / 4u;
+    let bcol = p.b_off / 4u + min(cv, p.n / 4u - 1u);
+    let arow = p.a_off + row * p.lda;
+    var acc = vec4<f32>(0.0);
+    for (var k0 = 0u; k0 < p.k; k0 += 8u) {
+        // past K: A reads as 0 and B row K - 1 (valid) is loaded
+        let ka = min(k0 + lane, p.k - 1u);
+        let mine = select(0.0, a4[(arow + ka) / 4u][(arow + ka) % 4u], k0 + lane < p.k);
+        let last = p.k - 1u;
+        acc += subgroupBroadcast(mine, 0u) * b4[bcol + min(k0, last) * ldb4];
+        acc += subgroupBroadcast(mine, 1u) * b4[bcol + min(k0 + 1u, last) * ldb4];
+        acc += subgroupBroadcast(mine, 2u) * b4[bcol + min(k0 + 2u, last) * ldb4];
+        acc += subgroupBroadcast(mine, 3u) * b4[bcol + min(k0 + 3u, last) * ldb4];
+        acc += subgroupBroadcast(mine, 4u) * b4[bcol + min(k0 + 4u, last) * ldb4];
+        acc += subgroupBroadcast(mine, 5u) * b4[bcol + min(k0 + 5u, last) * ldb4];
+        acc += subgroupBroadcast(mine, 6u) * b4[bcol + min(k0 + 6u, last) * ldb4];
+        acc += subgroupBroadcast(mine, 7u) * b4[bcol + min(k0 + 7u, last) * ldb4];
+    }
+    store4(row, 4u * cv, acc);
 }

@@ -225,15 +225,25 @@ impl GpuContext {
         })
     }
 
-    /// A storage buffer holding `data`.
+    /// A storage buffer holding `data`, zero-padded to a multiple of 16 bytes like `storage`
+    /// (a kernel reading it as an array of vec4 sees every element).
     pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
         if data.is_empty() {
             return self.storage(label, 4);
         }
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let mut padded;
+        let contents = if bytes.len() % 16 == 0 {
+            bytes
+        } else {
+            padded = bytes.to_vec();
+            padded.resize(bytes.len().div_ceil(16) * 16, 0);
+            &padded[..]
+        };
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
-                contents: bytemuck::cast_slice(data),
+                contents,
                 usage: wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,

@@ -54,6 +54,10 @@ fn check_linear(ctx: &GpuContext, linear: &Linear) {
         (33, 68, 36),
         (5, 768, 2304),
         (1, 3072, 768),
+        // a few rows with K unaligned (the lm_head backward's one-row kernel)
+        (1, 37, 20),
+        (5, 101, 36),
+        (8, 13, 4),
         // 64-row tiles: M ≥ 64, ragged in M and N
         (70, 36, 132),
         (131, 64, 20),

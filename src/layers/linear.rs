@@ -91,9 +91,9 @@ pub struct Linear {
     nt: wgpu::ComputePipeline,
     tn: wgpu::ComputePipeline,
     column_sum: wgpu::ComputePipeline,
-    /// `shaders/linear_subgroup.wgsl`'s GEMMs (nn, nt, one-row nt, tn), on CPU adapters with
-    /// 8-lane subgroups.
-    subgroup: Option<[wgpu::ComputePipeline; 4]>,
+    /// `shaders/linear_subgroup.wgsl`'s GEMMs (nn, nt, one-row nt, tn, one-row nn), on CPU
+    /// adapters with 8-lane subgroups.
+    subgroup: Option<[wgpu::ComputePipeline; 5]>,
     /// `shaders/linear_subgroup_wide.wgsl`'s 64-row nn and nt GEMMs, alongside `subgroup`.
     /// Compiled on first use: llvmpipe takes 5–25 s to compile each of these unrolled kernels
     /// (once per machine; Mesa caches them on disk), which a short prompt never needs.
@@ -125,6 +125,7 @@ impl Linear {
                     "matmul_nt_sg",
                     "matmul_nt_row_sg",
                     "matmul_tn_sg",
+                    "matmul_nn_row_sg",
                 ],
             )
         });
@@ -340,7 +341,7 @@ impl Linear {
             }
         }
         match &self.subgroup {
-            Some([_, _, _, tn]) if g.op == GemmOp::TN && tn_ok => {
+            Some([_, _, _, tn, _]) if g.op == GemmOp::TN && tn_ok => {
                 plan.dispatch(
                     label,
                     tn,
@@ -349,7 +350,7 @@ impl Linear {
                     [n.div_ceil(32), m.div_ceil(16), 1],
                 );
             }
-            Some([nn, _, _, _]) if g.op == GemmOp::NN && vec4_ok && quads(n) => {
+            Some([nn, _, _, _, _]) if g.op == GemmOp::NN && vec4_ok && quads(n) => {
                 plan.dispatch(
                     label,
                     nn,
@@ -358,7 +359,7 @@ impl Linear {
                     [n.div_ceil(32), m.div_ceil(16), 1],
                 );
             }
-            Some([_, nt, _, _]) if g.op == GemmOp::NT && vec4_ok && m >= 8 => {
+            Some([_, nt, _, _, _]) if g.op == GemmOp::NT && vec4_ok && m >= 8 => {
                 plan.dispatch(
                     label,
                     nt,
@@ -368,8 +369,17 @@ impl Linear {
                 );
             }
             // The lm_head at one position: a 16-row tile would waste most of its work.
-            Some([_, _, nt_row, _]) if g.op == GemmOp::NT && vec4_ok && m == 1 => {
+            Some([_, _, nt_row, _, _]) if g.op == GemmOp::NT && vec4_ok && m == 1 => {
                 plan.dispatch(label, nt_row, &params, &common, [n.div_ceil(8), 1, 1]);
+            }
+            // A few rows of A·B with K or A unaligned (the lm_head backward dlogits·wte, K = V):
+            // the portable kernel's 32-row tiles would do 32× the work for one row.
+            Some([_, _, _, _, nn_row])
+                if g.op == GemmOp::NN
+                    && m <= 8
+                    && [n, g.b.ld, g.b.offset].into_iter().all(quads) =>
+            {
+                plan.dispatch(label, nn_row, &params, &common, [n.div_ceil(32), m, 1]);
             }
             _ => {
                 let pipeline = match g.op {
