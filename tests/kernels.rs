@@ -444,7 +444,7 @@ fn attention_forward_and_backward_match_reference() {
 
 fn check_attention(ctx: &GpuContext, attn: &Attention) {
     let mut rng = Rng(6);
-    // (T, NH, hs): T = 1, odd head sizes, T not a multiple of the 64-wide workgroups
+    // (T, NH, hs): T = 1, odd head sizes, T not a multiple of the 64-wide (or 8-wide) workgroups
     for &(t, nh, hs) in &[
         (1, 1, 4),
         (1, 3, 5),
@@ -452,6 +452,10 @@ fn check_attention(ctx: &GpuContext, attn: &Attention) {
         (13, 2, 8),
         (70, 2, 3),
         (33, 4, 16),
+        // the subgroup kernels' second quad per lane (hs > 32) and T not a multiple of 8
+        (21, 2, 64),
+        (9, 3, 36),
+        (66, 1, 20),
     ] {
         let c = nh * hs;
         let n_layers = 2;

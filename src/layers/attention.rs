@@ -58,6 +58,10 @@ pub struct Attention {
     /// softmax_forward and scores_backward with one invocation per row instead of one workgroup
     /// (CPU adapters: no idle lanes on short rows, no barriers).
     rows: Option<[wgpu::ComputePipeline; 2]>,
+    /// `shaders/attention_subgroup.wgsl` (softmax_forward, scores_backward, values_forward,
+    /// query_backward, key_value_backward with rows shared across an 8-lane subgroup), alongside
+    /// `rows` where the adapter has them.
+    subgroup: Option<[wgpu::ComputePipeline; 5]>,
     unused: wgpu::Buffer,
 }
 
@@ -119,10 +123,25 @@ impl Attention {
         let rows = row_kernels.then(|| {
             ["softmax_forward_rows", "scores_backward_rows"].map(|e| ctx.pipeline(&module, e))
         });
+        let subgroup = (row_kernels && ctx.subgroups_of_8).then(|| {
+            super::pipelines(
+                ctx,
+                "attention_subgroup.wgsl",
+                include_str!("../../shaders/attention_subgroup.wgsl"),
+                [
+                    "softmax_forward_sg",
+                    "scores_backward_sg",
+                    "values_forward_sg",
+                    "query_backward_sg",
+                    "key_value_backward_sg",
+                ],
+            )
+        });
         Attention {
             scalar: kernels(""),
             vec4: kernels("_vec4"),
             rows,
+            subgroup,
             unused: ctx.storage("unused", 16),
         }
     }
@@ -133,6 +152,15 @@ impl Attention {
         } else {
             (&self.scalar, &SCALAR_VIEWS)
         }
+    }
+
+    /// The subgroup kernels, where they apply: vec4 heads of at most 64 channels (16 quads, two
+    /// per lane).
+    fn subgroup_kernels(&self, s: AttentionShape) -> Option<&[wgpu::ComputePipeline; 5]> {
+        let hs = s.c / s.nh;
+        self.subgroup
+            .as_ref()
+            .filter(|_| hs % 4 == 0 && hs <= 64 && s.c % 4 == 0)
     }
 
     fn params(s: AttentionShape, patch: Option<f32>) -> Params {
@@ -150,6 +178,11 @@ impl Attention {
     }
 
     /// att (B, NH, T, T) = causal softmax(Q·Kᵀ/sqrt(hs)); z (B·T, C) = s_h·(att + η·M)·V per head.
+    /// One 8-lane workgroup per 8 rows of one head of one sequence.
+    fn subgroup_grid(s: AttentionShape) -> [u32; 3] {
+        [(s.t as u32).div_ceil(8), s.nh as u32, s.b as u32]
+    }
+
     pub fn forward(
         &self,
         plan: &mut PlanBuilder,
@@ -159,16 +192,23 @@ impl Attention {
     ) {
         let (k, v) = self.variant(s);
         let params = Self::params(s, b.patch.map(|p| p.1));
-        match &self.rows {
+        match (self.subgroup_kernels(s), &self.rows) {
+            (Some([softmax_sg, ..]), _) => plan.dispatch(
+                "attention_softmax_forward",
+                softmax_sg,
+                &params,
+                &[(11, b.qkv), (2, b.att)],
+                Self::subgroup_grid(s),
+            ),
             // The row kernels pick scalar or vec4 loads themselves: both views are bound.
-            Some([softmax_rows, _]) => plan.dispatch(
+            (None, Some([softmax_rows, _])) => plan.dispatch(
                 "attention_softmax_forward",
                 softmax_rows,
                 &params,
                 &[(1, b.qkv), (11, b.qkv), (2, b.att)],
                 [(s.t as u32).div_ceil(64), s.nh as u32, s.b as u32],
             ),
-            None => plan.dispatch(
+            (None, None) => plan.dispatch(
                 "attention_softmax_forward",
                 &k.softmax_forward,
                 &params,
@@ -177,9 +217,16 @@ impl Attention {
             ),
         }
         let patch = b.patch.map(|p| p.0).unwrap_or(&self.unused);
+        let (values, grid) = match self.subgroup_kernels(s) {
+            Some([_, _, values, _, _]) => (values, Self::subgroup_grid(s)),
+            None => (
+                &k.values_forward,
+                [(s.c as u32 / v.width).div_ceil(64), s.t as u32, s.b as u32],
+            ),
+        };
         plan.dispatch(
             "attention_values_forward",
-            &k.values_forward,
+            values,
             &params,
             &[
                 (v.qkv, b.qkv),
@@ -188,7 +235,7 @@ impl Attention {
                 (5, b.head_scale),
                 (v.z, z),
             ],
-            [(s.c as u32 / v.width).div_ceil(64), s.t as u32, s.b as u32],
+            grid,
         );
     }
 
@@ -204,8 +251,21 @@ impl Attention {
     ) {
         let (k, v) = self.variant(s);
         let params = Self::params(s, b.patch.map(|p| p.1));
-        match &self.rows {
-            Some([_, scores_rows]) => plan.dispatch(
+        match (self.subgroup_kernels(s), &self.rows) {
+            (Some([_, scores_sg, ..]), _) => plan.dispatch(
+                "attention_scores_backward",
+                scores_sg,
+                &params,
+                &[
+                    (11, b.qkv),
+                    (3, b.att),
+                    (5, b.head_scale),
+                    (13, dz),
+                    (8, ra),
+                ],
+                Self::subgroup_grid(s),
+            ),
+            (None, Some([_, scores_rows])) => plan.dispatch(
                 "attention_scores_backward",
                 scores_rows,
                 &params,
@@ -220,7 +280,7 @@ impl Attention {
                 ],
                 [(s.t as u32).div_ceil(64), s.nh as u32, s.b as u32],
             ),
-            None => plan.dispatch(
+            (None, None) => plan.dispatch(
                 "attention_scores_backward",
                 &k.scores_backward,
                 &params,
@@ -234,10 +294,17 @@ impl Attention {
                 [s.t as u32, s.nh as u32, s.b as u32],
             ),
         }
-        let grid = [(s.c as u32 / v.width).div_ceil(64), s.t as u32, s.b as u32];
+        let (query, key_value, grid) = match self.subgroup_kernels(s) {
+            Some([_, _, _, query, key_value]) => (query, key_value, Self::subgroup_grid(s)),
+            None => (
+                &k.query_backward,
+                &k.key_value_backward,
+                [(s.c as u32 / v.width).div_ceil(64), s.t as u32, s.b as u32],
+            ),
+        };
         plan.dispatch(
             "attention_query_backward",
-            &k.query_backward,
+            query,
             &params,
             &[(v.qkv, b.qkv), (9, ra), (v.dqkv, dqkv)],
             grid,
@@ -245,7 +312,7 @@ impl Attention {
         let patch = b.patch.map(|p| p.0).unwrap_or(&self.unused);
         plan.dispatch(
             "attention_key_value_backward",
-            &k.key_value_backward,
+            key_value,
             &params,
             &[
                 (v.qkv, b.qkv),
