@@ -780,20 +780,19 @@ impl MemoryEstimate {
             cfg.vocab_size,
             cfg.n_layer,
         );
-        // workspace buffers are rounded to 16 bytes (`GpuContext::storage`), uploads are exact
+        // every buffer is rounded up to 16 bytes (`GpuContext::storage` and `upload`)
         let b = |floats: usize| (4 * floats as u64).max(16).div_ceil(16) * 16;
-        let exact = |floats: usize| 4 * floats as u64;
         // wte in chunks of whole rows that fit one binding (as GpuWeights::upload splits it)
         let chunk_rows = ((max_binding / (4 * c as u64)) as usize / 64 * 64).max(64);
         let wte: Vec<u64> = (0..v)
             .step_by(chunk_rows)
-            .map(|r0| exact(chunk_rows.min(v - r0) * c))
+            .map(|r0| b(chunk_rows.min(v - r0) * c))
             .collect();
         let block = [c, c, c * 3 * c, 3 * c, c * c, c, c, c, c * f, f, f * c, c];
         let weights = wte.iter().sum::<u64>()
-            + exact(cfg.n_positions * c)
-            + nl as u64 * block.iter().map(|&n| exact(n)).sum::<u64>()
-            + 2 * exact(c);
+            + b(cfg.n_positions * c)
+            + nl as u64 * block.iter().map(|&n| b(n)).sum::<u64>()
+            + 2 * b(c);
         let att = b(nh * t * t);
         let mut sizes = vec![
             b(t),
@@ -841,7 +840,7 @@ impl MemoryEstimate {
             .iter()
             .chain(&wte)
             .copied()
-            .chain(block.iter().map(|&n| exact(n)))
+            .chain(block.iter().map(|&n| b(n)))
             .max()
             .unwrap_or(0);
         MemoryEstimate {
