@@ -43,6 +43,8 @@ p.add_argument("--eval-every", type=int, default=200)
 p.add_argument("--eval-queries", type=int, default=64)
 p.add_argument("--induction", type=float, default=0.0,
                help="fraction of episodes replaced by repeated random word sequences (w1..wk w1..wk)")
+p.add_argument("--only", default="",
+               help="comma-separated task names to train and evaluate on (default: every task)")
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--seed", type=int, default=0)
 args = p.parse_args()
@@ -78,7 +80,9 @@ for t in suite["tasks"]:
         perm = list(range(len(pairs)))
         split_rng.shuffle(perm)
         tasks[t["name"]] = (pairs, [pairs[i] for i in perm[:n_test]])
-names = list(tasks)
+names = [n for n in tasks if not args.only or n in args.only.split(",")]
+if not names:
+    raise SystemExit(f"--only {args.only!r} names no task of the suite ({', '.join(tasks)})")
 
 _pair_ids = {}
 
