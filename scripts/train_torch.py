@@ -43,6 +43,8 @@ p.add_argument("--eval-every", type=int, default=200)
 p.add_argument("--eval-queries", type=int, default=64)
 p.add_argument("--induction", type=float, default=0.0,
                help="fraction of episodes replaced by repeated random word sequences (w1..wk w1..wk)")
+p.add_argument("--induction-steps", type=int, default=0,
+               help="train on induction sequences only for the first N steps (a curriculum)")
 p.add_argument("--only", default="",
                help="comma-separated task names to train and evaluate on (default: every task)")
 p.add_argument("--threads", type=int, default=2)
@@ -145,11 +147,11 @@ def learning_rate(step):
 rng = random.Random(args.seed)
 
 
-def batch():
+def batch(step):
     n = rng.randint(0, args.max_shots)
     seqs = []
     for _ in range(args.batch):
-        if rng.random() < args.induction:
+        if step < args.induction_steps or rng.random() < args.induction:
             k = rng.randint(4, (args.seq - 1) // 2)
             words = [rng.randrange(vocab - 300, vocab) for _ in range(k)]
             seqs.append(([eot] + words + words, list(range(k + 2, 2 * k + 1))))
@@ -180,7 +182,7 @@ start = time.time()
 for step in range(args.steps):
     for group in opt.param_groups:
         group["lr"] = learning_rate(step)
-    ids, targets = batch()
+    ids, targets = batch(step)
     logits = model(ids).logits
     loss = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1), ignore_index=-100)
     opt.zero_grad()
