@@ -127,7 +127,11 @@ impl Attention {
             super::pipelines(
                 ctx,
                 "attention_subgroup.wgsl",
-                include_str!("../../shaders/attention_subgroup.wgsl"),
+                // attention.wgsl's parameters, bindings and helpers, then the subgroup kernels
+                concat!(
+                    include_str!("../../shaders/attention.wgsl"),
+                    include_str!("../../shaders/attention_subgroup.wgsl"),
+                ),
                 [
                     "softmax_forward_sg",
                     "scores_backward_sg",

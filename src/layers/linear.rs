@@ -129,7 +129,9 @@ impl Linear {
                 ],
             )
         });
-        let wide = subgroup.is_some().then(|| [OnceLock::new(), OnceLock::new()]);
+        let wide = subgroup
+            .is_some()
+            .then(|| [OnceLock::new(), OnceLock::new()]);
         Linear {
             nn,
             nt,
@@ -319,12 +321,13 @@ impl Linear {
         if let Some([nn, nt]) = &self.wide {
             let wide = |cell: &OnceLock<wgpu::ComputePipeline>, entry: &str| {
                 cell.get_or_init(|| {
-                    let [pipeline] = pipelines(
-                        plan.ctx(),
-                        "linear_subgroup_wide.wgsl",
+                    // The wide kernels use linear_subgroup.wgsl's parameters and helpers.
+                    let source = concat!(
+                        include_str!("../../shaders/linear_subgroup.wgsl"),
                         include_str!("../../shaders/linear_subgroup_wide.wgsl"),
-                        [entry],
                     );
+                    let [pipeline] =
+                        pipelines(plan.ctx(), "linear_subgroup_wide.wgsl", source, [entry]);
                     pipeline
                 })
                 .clone()
