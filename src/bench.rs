@@ -14,6 +14,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::gpu::BackendChoice;
 use crate::gpu::GpuContext;
+use crate::layers::WeightFormat;
 use crate::loss::{LossKind, Sequence, TrainBatch};
 use crate::model::Model;
 use crate::pass::{ForwardOptions, PassTimings, Readback};
@@ -25,6 +26,8 @@ pub struct BenchArgs {
     pub runs: usize,
     pub json: Option<PathBuf>,
     pub backend: BackendChoice,
+    /// How the adapter stores the weight matrices.
+    pub weights: WeightFormat,
 }
 
 /// One sequence length's measurements, in milliseconds.
@@ -115,18 +118,19 @@ pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
         )));
     }
     let setup = Instant::now();
-    let mut engine = Engine::new(GpuContext::new(args.backend)?, &model)?;
+    let mut engine = Engine::with_weights(GpuContext::new(args.backend)?, &model, args.weights)?;
     let setup_ms = setup.elapsed().as_secs_f64() * 1e3;
     println!("machine  {}", machine());
     println!("adapter  {}", engine.ctx.describe());
     println!(
-        "model    {} (L={} NH={} C={} V={}, {:.1} M parameters); engine setup {:.0} ms",
+        "model    {} (L={} NH={} C={} V={}, {:.1} M parameters, {} weights); engine setup {:.0} ms",
         model.source,
         cfg.n_layer,
         cfg.n_head,
         cfg.n_embd,
         cfg.vocab_size,
         cfg.parameter_count() as f64 / 1e6,
+        args.weights.as_str(),
         setup_ms
     );
     let gemm_t = *args
@@ -139,7 +143,7 @@ pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
         "{:<28} {:>6} {:>6} {:>6} {:>10} {:>9}",
         "shape", "M", "K", "N", "ms", "GFLOP/s"
     );
-    let gemms = gemm_throughput(&engine.ctx, &cfg, gemm_t, 3)?;
+    let gemms = gemm_throughput(&engine.ctx, &cfg, gemm_t, 3, args.weights)?;
     for g in &gemms {
         println!(
             "{:<28} {:>6} {:>6} {:>6} {:>10.3} {:>9.2}",
@@ -210,6 +214,7 @@ pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
             "machine": machine(),
             "adapter": engine.ctx.describe(),
             "model": model.source,
+            "weights": args.weights,
             "config": cfg,
             "engine_setup_ms": setup_ms,
             "runs": args.runs,
@@ -394,16 +399,19 @@ pub struct GemmRow {
 
 /// Times each GEMM shape of the model at sequence length `t` (forward y = x·W, backward dx = dy·Wᵀ,
 /// weight gradients dW = xᵀ·dy as training runs them, and the lm_head row), `reps` dispatches in
-/// one submit, best of 3 submits.
+/// one submit, best of 3 submits. Operand B of the nn and nt shapes is a weight matrix, stored as
+/// `weights`; the tn shapes (training) are always f32.
 pub fn gemm_throughput(
     ctx: &GpuContext,
     cfg: &crate::model::GptConfig,
     t: usize,
     reps: usize,
+    weights: WeightFormat,
 ) -> Result<Vec<GemmRow>> {
     use crate::layers::linear::{Gemm, GemmOp, Linear, Operand};
     use crate::layers::{execute, PlanBuilder};
-    let linear = Linear::new(ctx);
+    let f32_linear = Linear::new(ctx);
+    let weight_linear = (weights != WeightFormat::F32).then(|| Linear::for_weights(ctx, weights));
     let (c, f, v) = (cfg.n_embd, cfg.n_inner, cfg.vocab_size);
     use GemmOp::{NN, NT, TN};
     // (name, M, K, N, op): C (M×N) = op(A) (M×K) · op(B) (K×N)
@@ -431,6 +439,10 @@ pub fn gemm_throughput(
             TN => (m, n),
         };
         let out = ctx.storage("c", 4 * (m * n) as u64);
+        let linear = match (op, &weight_linear) {
+            (NN | NT, Some(l)) => l,
+            _ => &f32_linear,
+        };
         let mut plan = PlanBuilder::new(ctx);
         for _ in 0..reps {
             linear.gemm(

@@ -21,33 +21,44 @@ use crate::layers::embedding::{token_index, Embedding, EmbeddingGrads, VocabChun
 use crate::layers::gelu::Gelu;
 use crate::layers::layernorm::{LayerNorm, LayerNormSaved};
 use crate::layers::linear::{Gemm, GemmOp, Linear, Operand};
-use crate::layers::{Plan, PlanBuilder};
+use crate::layers::{Plan, PlanBuilder, WeightFormat};
 use crate::loss::{LossPlan, Sequence, TrainBatch};
-use crate::model::{GptConfig, Model, Tensor, Weights};
+use crate::model::{f16_bits, GptConfig, Model, Tensor, Weights};
 use crate::pass::{Backend, ForwardOptions, PassOutput, PassTimings, Readback};
 
 /// Every kernel, compiled once per engine.
 pub struct Kernels {
+    /// Reads wte in the weights' format.
     pub embedding: Embedding,
     pub layernorm: LayerNorm,
+    /// GEMMs on f32 operands (the weight gradients).
     pub linear: Linear,
+    /// GEMMs whose operand B is a weight matrix, when the weights are not stored as f32.
+    weight_linear: Option<Linear>,
     pub gelu: Gelu,
     pub attention: Attention,
     pub cross_entropy: CrossEntropy,
 }
 
 impl Kernels {
-    pub fn new(ctx: &GpuContext) -> Result<Self> {
+    pub fn new(ctx: &GpuContext, weights: WeightFormat) -> Result<Self> {
         let k = Kernels {
-            embedding: Embedding::new(ctx),
+            embedding: Embedding::for_weights(ctx, weights),
             layernorm: LayerNorm::new(ctx),
             linear: Linear::new(ctx),
+            weight_linear: (weights != WeightFormat::F32)
+                .then(|| Linear::for_weights(ctx, weights)),
             gelu: Gelu::new(ctx),
             attention: Attention::new(ctx),
             cross_entropy: CrossEntropy::new(ctx),
         };
         ctx.check("compiling the WGSL kernels")?;
         Ok(k)
+    }
+
+    /// The GEMMs for x·W, dy·Wᵀ and the lm_head, reading W in the weights' format.
+    pub fn weight_gemms(&self) -> &Linear {
+        self.weight_linear.as_ref().unwrap_or(&self.linear)
     }
 }
 
@@ -153,39 +164,53 @@ impl GpuWeights {
         }
     }
 
-    fn upload(ctx: &GpuContext, model: &Model) -> Result<Self> {
+    /// Uploads the weights, the matrices (wte and the Conv1D weights) in `format`.
+    fn upload(ctx: &GpuContext, model: &Model, format: WeightFormat) -> Result<Self> {
         let w = &model.weights;
-        let up = |name: &str, t: &Tensor| ctx.upload(name, t.data());
+        let up = |name: &str, t: &Tensor| {
+            let buffer = ctx.upload(name, t.data());
+            t.release_resident_pages();
+            buffer
+        };
+        let store = |name: &str, data: &[f32]| match format {
+            WeightFormat::F32 => ctx.upload(name, data),
+            WeightFormat::F16 => ctx.upload(name, &f16_bits(data)),
+        };
+        let matrix = |name: &str, t: &Tensor| {
+            let buffer = store(name, t.data());
+            t.release_resident_pages();
+            buffer
+        };
         let c = model.config.n_embd;
-        // Rows per chunk: as many as one binding holds, a multiple of 64 rows.
-        let max_rows = ((ctx.max_binding_bytes() / (4 * c as u64)) as usize / 64 * 64).max(64);
+        let max_rows = vocab_chunk_rows(ctx.max_binding_bytes(), c, format);
         let v = model.config.vocab_size;
         let wte = (0..v)
             .step_by(max_rows)
             .map(|row0| {
                 let rows = max_rows.min(v - row0);
                 VocabChunk {
-                    buffer: ctx.upload("wte chunk", &w.wte.data()[row0 * c..(row0 + rows) * c]),
+                    buffer: store("wte chunk", &w.wte.data()[row0 * c..(row0 + rows) * c]),
                     row0,
                     rows,
                 }
             })
             .collect();
+        w.wte.release_resident_pages();
         let layers = w
             .layers
             .iter()
             .map(|l| GpuLayer {
                 ln_1_w: up("ln_1.weight", &l.ln_1_w),
                 ln_1_b: up("ln_1.bias", &l.ln_1_b),
-                attn_w: up("attn.c_attn.weight", &l.attn_w),
+                attn_w: matrix("attn.c_attn.weight", &l.attn_w),
                 attn_b: up("attn.c_attn.bias", &l.attn_b),
-                attn_proj_w: up("attn.c_proj.weight", &l.attn_proj_w),
+                attn_proj_w: matrix("attn.c_proj.weight", &l.attn_proj_w),
                 attn_proj_b: up("attn.c_proj.bias", &l.attn_proj_b),
                 ln_2_w: up("ln_2.weight", &l.ln_2_w),
                 ln_2_b: up("ln_2.bias", &l.ln_2_b),
-                fc_w: up("mlp.c_fc.weight", &l.fc_w),
+                fc_w: matrix("mlp.c_fc.weight", &l.fc_w),
                 fc_b: up("mlp.c_fc.bias", &l.fc_b),
-                fc_proj_w: up("mlp.c_proj.weight", &l.fc_proj_w),
+                fc_proj_w: matrix("mlp.c_proj.weight", &l.fc_proj_w),
                 fc_proj_b: up("mlp.c_proj.bias", &l.fc_proj_b),
             })
             .collect();
@@ -199,6 +224,12 @@ impl GpuWeights {
         ctx.check("uploading the weights")?;
         Ok(weights)
     }
+}
+
+/// Rows per wte chunk: as many as one binding holds, a multiple of 64 rows.
+fn vocab_chunk_rows(max_binding: u64, c: usize, format: WeightFormat) -> usize {
+    let row_bytes = (format.bytes_per_weight() * c) as u64;
+    ((max_binding / row_bytes) as usize / 64 * 64).max(64)
 }
 
 /// What a plan depends on; a new key means new buffers and a new plan.
@@ -446,7 +477,7 @@ impl Workspace {
                 (n, c),
                 eps,
             );
-            k.linear.forward(
+            k.weight_gemms().forward(
                 p,
                 &self.qkv[l],
                 ln_1_out,
@@ -457,7 +488,7 @@ impl Workspace {
             );
             k.attention
                 .forward(p, z, &self.attention_buffers(l), shape(l));
-            k.linear.forward(
+            k.weight_gemms().forward(
                 p,
                 &self.mid[l],
                 z,
@@ -477,7 +508,7 @@ impl Workspace {
                 (n, c),
                 eps,
             );
-            k.linear.forward(
+            k.weight_gemms().forward(
                 p,
                 &self.fc_pre[l],
                 ln_2_out,
@@ -487,7 +518,7 @@ impl Workspace {
                 (n, c, f),
             );
             k.gelu.forward(p, fc_act, &self.fc_pre[l], n * f);
-            k.linear.forward(
+            k.weight_gemms().forward(
                 p,
                 h_out,
                 fc_act,
@@ -525,7 +556,7 @@ impl Workspace {
             }
         };
         for chunk in &w.wte {
-            k.linear.gemm(
+            k.weight_gemms().gemm(
                 p,
                 "lm_head_forward",
                 &Gemm {
@@ -558,7 +589,7 @@ impl Workspace {
         // ---- backward ----
         // dln_f_rows (R, C) = dlogits · wte, differentiating logits = x·wteᵀ in x; summed over chunks.
         for (i, chunk) in w.wte.iter().enumerate() {
-            k.linear.gemm(
+            k.weight_gemms().gemm(
                 p,
                 "lm_head_backward",
                 &Gemm {
@@ -633,7 +664,7 @@ impl Workspace {
             let dh_out = &self.dhidden[l + 1];
             let lg = grads.map(|g| &g.layers[l]);
             // MLP: h_out = mid + gelu(LN2(mid)·W_fc + b_fc)·W_proj + b_proj
-            k.linear
+            k.weight_gemms()
                 .backward_input(p, &self.d_fc_act, dh_out, &lw.fc_proj_w, (n, f, c));
             if let Some(lg) = lg {
                 k.linear.backward_weights(
@@ -647,7 +678,7 @@ impl Workspace {
             }
             k.gelu
                 .backward(p, &self.d_fc_pre, &self.d_fc_act, &self.fc_pre[l], n * f);
-            k.linear
+            k.weight_gemms()
                 .backward_input(p, &self.d_ln, &self.d_fc_pre, &lw.fc_w, (n, c, f));
             if let Some(lg) = lg {
                 k.linear.backward_weights(
@@ -678,7 +709,7 @@ impl Workspace {
                 ln.backward_params(p, &lg.ln_2_w, &lg.ln_2_b, &self.d_ln, 0..n, &saved, c);
             }
             // Attention: mid = h_in + Z·W_o + b_o;  G = dmid·W_oᵀ
-            k.linear
+            k.weight_gemms()
                 .backward_input(p, &self.dz, &self.dmid, &lw.attn_proj_w, (n, c, c));
             if let Some(lg) = lg {
                 k.linear.backward_weights(
@@ -698,7 +729,7 @@ impl Workspace {
                 &self.attention_buffers(l),
                 shape(l),
             );
-            k.linear
+            k.weight_gemms()
                 .backward_input(p, &self.d_ln, &self.dqkv, &lw.attn_w, (n, c, 3 * c));
             if let Some(lg) = lg {
                 k.linear.backward_weights(
@@ -771,6 +802,7 @@ impl MemoryEstimate {
         t: usize,
         rows: usize,
         backward: bool,
+        weights: WeightFormat,
         max_binding: u64,
     ) -> Self {
         let (c, f, nh, v, nl) = (
@@ -781,17 +813,33 @@ impl MemoryEstimate {
             cfg.n_layer,
         );
         // every buffer is rounded up to 16 bytes (`GpuContext::storage` and `upload`)
-        let b = |floats: usize| (4 * floats as u64).max(16).div_ceil(16) * 16;
+        let bytes = |n: usize| (n as u64).max(16).div_ceil(16) * 16;
+        let b = |floats: usize| bytes(4 * floats);
+        // the matrices in the weights' format (GpuWeights::upload)
+        let m = |weights_: usize| bytes(weights.bytes_per_weight() * weights_);
         // wte in chunks of whole rows that fit one binding (as GpuWeights::upload splits it)
-        let chunk_rows = ((max_binding / (4 * c as u64)) as usize / 64 * 64).max(64);
+        let chunk_rows = vocab_chunk_rows(max_binding, c, weights);
         let wte: Vec<u64> = (0..v)
             .step_by(chunk_rows)
-            .map(|r0| b(chunk_rows.min(v - r0) * c))
+            .map(|r0| m(chunk_rows.min(v - r0) * c))
             .collect();
-        let block = [c, c, c * 3 * c, 3 * c, c * c, c, c, c, c * f, f, f * c, c];
+        let block = [
+            b(c),
+            b(c),
+            m(c * 3 * c),
+            b(3 * c),
+            m(c * c),
+            b(c),
+            b(c),
+            b(c),
+            m(c * f),
+            b(f),
+            m(f * c),
+            b(c),
+        ];
         let weights = wte.iter().sum::<u64>()
             + b(cfg.n_positions * c)
-            + nl as u64 * block.iter().map(|&n| b(n)).sum::<u64>()
+            + nl as u64 * block.iter().sum::<u64>()
             + 2 * b(c);
         let att = b(nh * t * t);
         let mut sizes = vec![
@@ -839,8 +887,8 @@ impl MemoryEstimate {
         let largest_buffer = sizes
             .iter()
             .chain(&wte)
+            .chain(&block)
             .copied()
-            .chain(block.iter().map(|&n| b(n)))
             .max()
             .unwrap_or(0);
         MemoryEstimate {
@@ -888,6 +936,8 @@ pub struct Engine {
     pub config: GptConfig,
     kernels: Kernels,
     weights: GpuWeights,
+    /// How `weights` stores its matrices.
+    format: WeightFormat,
     /// dL/dθ for every parameter, allocated by the first pass that computes them.
     grads: Option<GpuWeights>,
     /// Workspaces by plan key, most recently used last; at most `workspace_limit`.
@@ -914,14 +964,21 @@ pub struct BatchOutput {
 impl Engine {
     /// Compiles the kernels and uploads the weights.
     pub fn new(ctx: GpuContext, model: &Model) -> Result<Self> {
-        let kernels = Kernels::new(&ctx)?;
-        let weights = GpuWeights::upload(&ctx, model)?;
+        Self::with_weights(ctx, model, WeightFormat::F32)
+    }
+
+    /// Like [`Engine::new`], storing the weight matrices as `format` (f16 halves their memory;
+    /// such an engine runs forward and RA passes, not training).
+    pub fn with_weights(ctx: GpuContext, model: &Model, format: WeightFormat) -> Result<Self> {
+        let kernels = Kernels::new(&ctx, format)?;
+        let weights = GpuWeights::upload(&ctx, model, format)?;
         model.weights.release_resident_pages();
         Ok(Engine {
             ctx,
             config: model.config.clone(),
             kernels,
             weights,
+            format,
             grads: None,
             workspaces: Vec::new(),
             workspace_limit: 1,
@@ -1202,6 +1259,12 @@ impl Engine {
         if batch.b == 0 || batch.t == 0 {
             return bad("the batch is empty".into());
         }
+        if gradients && self.format != WeightFormat::F32 {
+            return bad(format!(
+                "training needs f32 weights; this engine stores them as {}",
+                self.format.as_str()
+            ));
+        }
         if batch.ids.len() != batch.b * batch.t || batch.targets.len() != batch.b * batch.t {
             return bad(format!(
                 "a batch of {}×{} needs {} ids and targets, got {} and {}",
@@ -1251,6 +1314,11 @@ impl Engine {
     /// Every parameter with its gradient buffer, in `Weights::named` order (for the optimizer).
     /// Allocates the gradient buffers if no pass has yet.
     pub fn parameters(&mut self) -> Vec<Parameter<'_>> {
+        assert_eq!(
+            self.format,
+            WeightFormat::F32,
+            "training needs the weights stored as f32"
+        );
         if self.grads.is_none() {
             self.grads = Some(GpuWeights::zeros_like(
                 &self.ctx,

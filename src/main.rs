@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use revattn::bench::{self, BenchArgs};
 use revattn::gpu::{self, BackendChoice, GpuContext};
 use revattn::init::{self, InitArgs};
+use revattn::layers::WeightFormat;
 use revattn::loss::LossKind;
 use revattn::maps::{self, MapsArgs};
 use revattn::optim::AdamW;
@@ -73,6 +74,10 @@ enum Command {
         /// Output directory (created; files appear only once all are written).
         #[arg(long)]
         out: PathBuf,
+        /// Storage of the weight matrices on the adapter: f32, or f16 (half the memory; arithmetic
+        /// stays f32, so results move by f16's rounding of the weights, about 1e-3 relative).
+        #[arg(long, value_enum, default_value_t = WeightFormat::F32)]
+        weights: WeightFormat,
     },
     /// Time RA (forward + backward + RA readback, all heads, nll loss) per sequence length:
     /// cold first run and warm median, with peak host memory.
@@ -89,6 +94,10 @@ enum Command {
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Storage of the weight matrices on the adapter: f32, or f16 (half the memory; arithmetic
+        /// stays f32, so results move by f16's rounding of the weights, about 1e-3 relative).
+        #[arg(long, value_enum, default_value_t = WeightFormat::F32)]
+        weights: WeightFormat,
     },
     /// Write a random-init GPT-2 in HF layout (config.json, model.safetensors, tokenizer.json),
     /// initialised like HF's GPT-2, deterministic for a seed.
@@ -283,6 +292,7 @@ fn main() -> ExitCode {
             bos,
             top_k,
             out,
+            weights,
         } => {
             let text = match (task, prompt, target) {
                 (Some(task), _, _) => tasks::few_shot_prompt(suite.as_deref(), &task, shots, query),
@@ -300,6 +310,7 @@ fn main() -> ExitCode {
                     top_k,
                     out,
                     backend: cli.backend,
+                    weights,
                 };
                 maps::run(&args).map(|report| print!("{}", maps::format_report(&report, &args)))
             })
@@ -309,6 +320,7 @@ fn main() -> ExitCode {
             seq,
             runs,
             json,
+            weights,
         } => {
             let args = BenchArgs {
                 model,
@@ -316,6 +328,7 @@ fn main() -> ExitCode {
                 runs,
                 json,
                 backend: cli.backend,
+                weights,
             };
             bench::run(&args).map(|_| ())
         }

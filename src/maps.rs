@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::engine::{Engine, MemoryEstimate};
 use crate::error::{Error, Result};
 use crate::gpu::{BackendChoice, GpuContext};
+use crate::layers::WeightFormat;
 use crate::loss::{LossKind, LossRequest, Sequence};
 use crate::model::Model;
 use crate::output::StagedDir;
@@ -32,6 +33,8 @@ pub struct MapsArgs {
     pub top_k: usize,
     pub out: PathBuf,
     pub backend: BackendChoice,
+    /// How the adapter stores the weight matrices.
+    pub weights: WeightFormat,
 }
 
 /// What `maps` computed, for the stdout table and for callers of the library.
@@ -66,8 +69,15 @@ fn open_backend_for<'m>(
     choice: BackendChoice,
     model: &'m Model,
     seq: &Sequence,
+    weights: WeightFormat,
 ) -> Result<Box<dyn Backend + 'm>> {
     if choice == BackendChoice::Cpu {
+        if weights != WeightFormat::F32 {
+            return Err(Error::Input(format!(
+                "--weights {} is a GPU storage format; the cpu reference computes in f64",
+                weights.as_str()
+            )));
+        }
         return open_backend(choice, model);
     }
     let ctx = GpuContext::new(choice)?;
@@ -76,17 +86,19 @@ fn open_backend_for<'m>(
         seq.len(),
         seq.loss.rows.len(),
         true,
+        weights,
         ctx.max_binding_bytes(),
     );
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     eprintln!(
-        "memory   about {:.0} MiB on the adapter: weights {:.0} MiB, activations and maps {:.0} MiB",
+        "memory   about {:.0} MiB on the adapter: weights {:.0} MiB ({}), activations and maps {:.0} MiB",
         mib(need.total()),
         mib(need.weights),
+        weights.as_str(),
         mib(need.workspace)
     );
     need.check(&ctx)?;
-    Ok(Box::new(Engine::new(ctx, model)?))
+    Ok(Box::new(Engine::with_weights(ctx, model, weights)?))
 }
 
 pub fn run(args: &MapsArgs) -> Result<MapsReport> {
@@ -111,7 +123,7 @@ pub fn run(args: &MapsArgs) -> Result<MapsReport> {
     lap("tokenize", &mut timings);
     let staged = StagedDir::create(&args.out)?;
 
-    let mut backend = open_backend_for(args.backend, &model, &seq)?;
+    let mut backend = open_backend_for(args.backend, &model, &seq, args.weights)?;
     let backend_name = backend.describe();
     lap("backend_setup", &mut timings);
     let out: PassOutput = backend.run(&seq, &ForwardOptions::default(), Readback::default())?;

@@ -202,6 +202,20 @@ impl Tensor {
         }
     }
 
+    /// Drops this tensor's pages of a memory-mapped checkpoint from memory once it has been
+    /// copied to the adapter (they are re-read from the file if needed again), so that
+    /// uploading a large model never holds the whole file and its GPU copy at once.
+    pub fn release_resident_pages(&self) {
+        #[cfg(unix)]
+        if let TensorData::Mapped { map, offset, len } = &self.data {
+            // SAFETY: a read-only file mapping: MADV_DONTNEED discards clean pages, which are
+            // re-read from the file on the next access.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, *offset, len * 4)
+            };
+        }
+    }
+
     pub fn from_vec(shape: Vec<usize>, data: Vec<f32>) -> Self {
         assert_eq!(shape.iter().product::<usize>(), data.len());
         Tensor {
@@ -269,21 +283,11 @@ impl Bytes {
     }
 }
 
-fn f16_to_f32(bits: u16) -> f32 {
-    let sign = ((bits >> 15) as u32) << 31;
-    let exp = ((bits >> 10) & 0x1f) as u32;
-    let mant = (bits & 0x3ff) as u32;
-    let v = match (exp, mant) {
-        (0, 0) => sign,
-        (0, m) => {
-            // subnormal: value = m · 2^-24
-            let f = m as f32 * (1.0 / 16_777_216.0);
-            return if sign != 0 { -f } else { f };
-        }
-        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
-        (e, m) => sign | ((e + 112) << 23) | (m << 13),
-    };
-    f32::from_bits(v)
+/// `data` rounded to IEEE binary16 (nearest even), as bits: how `--weights f16` stores a matrix.
+pub fn f16_bits(data: &[f32]) -> Vec<u16> {
+    data.iter()
+        .map(|&x| half::f16::from_f32(x).to_bits())
+        .collect()
 }
 
 impl Weights {
@@ -337,12 +341,12 @@ impl Weights {
                 }
                 Dtype::F16 => TensorData::Owned(
                     raw.chunks_exact(2)
-                        .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
                         .collect(),
                 ),
                 Dtype::BF16 => TensorData::Owned(
                     raw.chunks_exact(2)
-                        .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+                        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
                         .collect(),
                 ),
                 other => {
@@ -434,6 +438,34 @@ impl Weights {
         out.push(("ln_f.weight".to_string(), &self.ln_f_w));
         out.push(("ln_f.bias".to_string(), &self.ln_f_b));
         out
+    }
+
+    /// The matrices that `--weights f16` stores in half precision (wte and each block's four
+    /// Conv1D weights), mutably: rounding them here gives the exact weights such a run uses.
+    pub fn f16_matrices_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut out = vec![&mut self.wte];
+        for l in &mut self.layers {
+            out.extend([
+                &mut l.attn_w,
+                &mut l.attn_proj_w,
+                &mut l.fc_w,
+                &mut l.fc_proj_w,
+            ]);
+        }
+        out
+    }
+
+    /// Rounds every matrix `--weights f16` stores to f16 and back (what that run computes with),
+    /// so the float64 reference can check it at the usual tolerance.
+    pub fn round_f16_matrices(&mut self) {
+        for t in self.f16_matrices_mut() {
+            let rounded = t
+                .data()
+                .iter()
+                .map(|&x| half::f16::from_f32(x).to_f32())
+                .collect();
+            t.data = TensorData::Owned(rounded);
+        }
     }
 
     /// model.safetensors bytes in HF hub layout (F32, wte once: the lm_head is tied).
@@ -613,12 +645,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn f16_conversion_matches_known_values() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
-        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
-        assert!(f16_to_f32(0x7c00).is_infinite());
+    fn f16_bits_round_to_nearest_even() {
+        assert_eq!(f16_bits(&[1.0, -2.0, 1.0 / 3.0]), [0x3c00, 0xc000, 0x3555]);
+        // 1 + 2^-11 lies halfway between 1 and 1 + 2^-10: ties go to the even mantissa.
+        assert_eq!(f16_bits(&[1.0 + 1.0 / 2048.0]), [0x3c00]);
+        assert_eq!(f16_bits(&[1e6]), [0x7c00]); // overflow → +inf
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod common;
 
 use common::{assert_close, gpu, Rng};
 use revattn::engine::Engine;
+use revattn::layers::WeightFormat;
 use revattn::loss::{LossKind, LossRequest, Sequence};
 use revattn::model::Model;
 use revattn::pass::Backend;
@@ -242,14 +243,18 @@ fn forward_only_readback_skips_the_backward() {
 }
 
 /// `MemoryEstimate` (what `maps` prints and checks before it starts) is exactly what the engine
-/// then holds.
+/// then holds, for both weight formats.
 #[test]
 fn the_memory_estimate_matches_the_buffers_the_engine_holds() {
     for name in ["tiny-bpe", "tiny-odd", "tiny-prefixed"] {
         let model = fixture(name);
-        for kind in [LossKind::Nll, LossKind::Ce] {
+        for (kind, format) in [
+            (LossKind::Nll, WeightFormat::F32),
+            (LossKind::Ce, WeightFormat::F32),
+            (LossKind::Nll, WeightFormat::F16),
+        ] {
             let seq = sequence(&model, "I like Italy and France.", " Florence", kind, true);
-            let mut engine = Engine::new(gpu(), &model).unwrap();
+            let mut engine = Engine::with_weights(gpu(), &model, format).unwrap();
             engine
                 .run(&seq, &ForwardOptions::default(), Readback::default())
                 .unwrap();
@@ -258,15 +263,80 @@ fn the_memory_estimate_matches_the_buffers_the_engine_holds() {
                 seq.len(),
                 seq.loss.rows.len(),
                 true,
+                format,
                 engine.ctx.max_binding_bytes(),
             );
+            let tag = format!("{name} {} {}", kind.name(), format.as_str());
             println!(
-                "{name} {}: estimate {} B, engine holds {} B",
-                kind.name(),
+                "{tag}: estimate {} B, engine holds {} B",
                 want.total(),
                 engine.gpu_bytes()
             );
-            assert_eq!(want.total(), engine.gpu_bytes(), "{name} {}", kind.name());
+            assert_eq!(want.total(), engine.gpu_bytes(), "{tag}");
         }
+    }
+}
+
+/// `--weights f16`: the engine storing its matrices as f16 computes what the float64 reference
+/// computes with those matrices rounded to f16, at the same tolerances as f32 weights (the
+/// unpacking is exact; only the storage changed). Training refuses such an engine.
+#[test]
+fn f16_weights_match_the_reference_on_rounded_weights() {
+    for name in ["tiny-odd", "tiny-prefixed", "tiny-bpe"] {
+        let model = fixture(name);
+        let mut rounded = fixture(name);
+        rounded.weights.round_f16_matrices();
+        let mut engine = Engine::with_weights(gpu(), &model, WeightFormat::F16).unwrap();
+        let readback = Readback {
+            hidden_grads: true,
+            ..Readback::default()
+        };
+        for kind in [LossKind::Nll, LossKind::Ce] {
+            let seq = sequence(
+                &model,
+                "I like Italy and France. I visited",
+                " Florence",
+                kind,
+                true,
+            );
+            let g = engine
+                .run(&seq, &ForwardOptions::default(), readback)
+                .unwrap();
+            let c = reference::forward_backward(
+                &rounded.config,
+                &rounded.weights,
+                &seq,
+                &ForwardOptions::default(),
+            );
+            let tag = format!("{name} {} f16 weights", kind.name());
+            assert_close(&format!("{tag} loss"), &[g.loss as f32], &[c.loss], 1e-5);
+            assert_close(&format!("{tag} logits"), &g.logits, &c.logits, 1e-5);
+            assert_close(
+                &format!("{tag} attention"),
+                g.attention.as_ref().unwrap(),
+                &c.attention,
+                1e-5,
+            );
+            assert_close(
+                &format!("{tag} RA"),
+                g.reversed_attention.as_ref().unwrap(),
+                &c.reversed_attention,
+                1e-4,
+            );
+            assert_close(
+                &format!("{tag} dL/dh"),
+                g.hidden_grads.as_ref().unwrap(),
+                &c.hidden_grads,
+                1e-4,
+            );
+        }
+        let batch = revattn::loss::TrainBatch {
+            b: 1,
+            t: 2,
+            ids: vec![1, 2],
+            targets: vec![2, -1],
+        };
+        let err = engine.run_batch(&batch, true, false, None).err().unwrap();
+        assert!(err.to_string().contains("needs f32 weights"), "{err}");
     }
 }

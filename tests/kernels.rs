@@ -12,8 +12,9 @@ use revattn::layers::embedding::{Embedding, VocabChunk};
 use revattn::layers::gelu::Gelu;
 use revattn::layers::layernorm::{LayerNorm, LayerNormSaved};
 use revattn::layers::linear::{Gemm, GemmOp, Linear, Operand};
-use revattn::layers::{execute, PlanBuilder};
+use revattn::layers::{execute, PlanBuilder, WeightFormat};
 use revattn::loss::{LossKind, Sequence};
+use revattn::model::f16_bits;
 use revattn::reference;
 
 const REL_TOL: f64 = 2e-5;
@@ -34,11 +35,42 @@ fn linear_forward_and_backward_match_reference() {
     for subgroups in [true, false] {
         let linear = Linear::with_subgroup_kernels(&ctx, subgroups);
         println!("subgroup kernels: {}", subgroups && ctx.subgroups_of_8);
-        check_linear(&ctx, &linear);
+        check_linear(&ctx, &linear, WeightFormat::F32);
     }
 }
 
-fn check_linear(ctx: &GpuContext, linear: &Linear) {
+/// The same GEMMs reading W as packed f16 (`--weights f16`), against the reference on the
+/// f16-rounded W: the unpacking is exact, so the tolerance is the f32 one.
+#[test]
+fn linear_with_f16_weights_matches_reference() {
+    let ctx = gpu();
+    for subgroups in [true, false] {
+        let linear = Linear::with_options(&ctx, subgroups, WeightFormat::F16);
+        println!("subgroup kernels: {}", subgroups && ctx.subgroups_of_8);
+        check_linear(&ctx, &linear, WeightFormat::F16);
+    }
+}
+
+/// `data` as `format` stores it: the buffer and the values the kernels see.
+fn upload_weights(
+    ctx: &GpuContext,
+    data: &[f32],
+    format: WeightFormat,
+) -> (wgpu::Buffer, Vec<f32>) {
+    match format {
+        WeightFormat::F32 => (ctx.upload("w", data), data.to_vec()),
+        WeightFormat::F16 => {
+            let bits = f16_bits(data);
+            let seen = bits
+                .iter()
+                .map(|&h| half::f16::from_bits(h).to_f32())
+                .collect();
+            (ctx.upload("w f16", &bits), seen)
+        }
+    }
+}
+
+fn check_linear(ctx: &GpuContext, linear: &Linear, format: WeightFormat) {
     let mut rng = Rng(1);
     // Shapes that are multiples of 4 take the subgroup kernels where the adapter has them.
     let shapes = [
@@ -65,12 +97,11 @@ fn check_linear(ctx: &GpuContext, linear: &Linear) {
     ];
     for &(m, k, n) in &shapes {
         let x = rng.vec(m * k, 1.0);
-        let w = rng.vec(k * n, 0.5);
+        let (wb, w) = upload_weights(ctx, &rng.vec(k * n, 0.5), format);
         let b = rng.vec(n, 0.3);
         let res = rng.vec(m * n, 1.0);
-        let (xb, wb, bb, rb) = (
+        let (xb, bb, rb) = (
             ctx.upload("x", &x),
-            ctx.upload("w", &w),
             ctx.upload("b", &b),
             ctx.upload("r", &res),
         );
@@ -85,7 +116,10 @@ fn check_linear(ctx: &GpuContext, linear: &Linear) {
         run(ctx, |p| {
             linear.forward(p, &out, &xb, &wb, Some(&bb), Some(&rb), (m, k, n));
             linear.backward_input(p, &dx, &doutb, &wb, (m, k, n));
-            linear.backward_weights(p, &dw, &db, &xb, &doutb, (m, k, n));
+            // Weight gradients are f32-only (training keeps f32 weights).
+            if format == WeightFormat::F32 {
+                linear.backward_weights(p, &dw, &db, &xb, &doutb, (m, k, n));
+            }
         });
         let mut want = vec![0.0; m * n];
         reference::linear_forward(
@@ -98,8 +132,9 @@ fn check_linear(ctx: &GpuContext, linear: &Linear) {
             n,
         );
         want.iter_mut().zip(&res).for_each(|(o, r)| *o += *r as f64);
+        let tag = format.as_str();
         assert_close(
-            &format!("linear forward M{m} K{k} N{n}"),
+            &format!("linear forward M{m} K{k} N{n} ({tag} W)"),
             &read(ctx, &out, m * n),
             &want,
             REL_TOL,
@@ -107,11 +142,14 @@ fn check_linear(ctx: &GpuContext, linear: &Linear) {
         let mut want_dx = vec![0.0; m * k];
         reference::linear_backward_input(&mut want_dx, &to_f64(&dout), &to_f64(&w), m, k, n);
         assert_close(
-            &format!("linear backward_input M{m} K{k} N{n}"),
+            &format!("linear backward_input M{m} K{k} N{n} ({tag} W)"),
             &read(ctx, &dx, m * k),
             &want_dx,
             REL_TOL,
         );
+        if format != WeightFormat::F32 {
+            continue;
+        }
         let (mut want_dw, mut want_db) = (vec![0.0; k * n], vec![0.0; n]);
         reference::linear_backward_weight(
             &mut want_dw,
@@ -149,23 +187,27 @@ fn lm_head_gemms_over_vocab_chunks_match_reference() {
         (true, 15, 3),
         (false, 16, 9),
     ] {
-        let linear = Linear::with_subgroup_kernels(&ctx, subgroups);
-        check_lm_head(&ctx, &linear, c, r);
+        for format in [WeightFormat::F32, WeightFormat::F16] {
+            let linear = Linear::with_options(&ctx, subgroups, format);
+            check_lm_head(&ctx, &linear, c, r, format);
+        }
     }
 }
 
-fn check_lm_head(ctx: &GpuContext, linear: &Linear, c: usize, r: usize) {
+fn check_lm_head(ctx: &GpuContext, linear: &Linear, c: usize, r: usize, format: WeightFormat) {
     let mut rng = Rng(2);
     let (t, v, row0) = (14, 203, 4);
     let x = rng.vec(t * c, 1.0); // (T, C) ln_f output
     let wte = rng.vec(v * c, 0.5); // (V, C)
+                                   // what the kernels see of wte (f16-rounded for WeightFormat::F16)
+    let wte = upload_weights(ctx, &wte, format).1;
     let dlogits = rng.vec(r * v, 1.0); // (R, V)
     let chunks: Vec<(usize, usize)> = vec![(0, 64), (64, 64), (128, 64), (192, 11)];
     let xb = ctx.upload("x", &x);
     let dlb = ctx.upload("dlogits", &dlogits);
     let chunk_bufs: Vec<_> = chunks
         .iter()
-        .map(|&(s, n)| ctx.upload("chunk", &wte[s * c..(s + n) * c]))
+        .map(|&(s, n)| upload_weights(ctx, &wte[s * c..(s + n) * c], format).0)
         .collect();
     let logits = ctx.storage("logits", 4 * (r * v) as u64);
     let dx = ctx.storage("dx", 4 * (r * c) as u64);
@@ -216,7 +258,10 @@ fn check_lm_head(ctx: &GpuContext, linear: &Linear, c: usize, r: usize) {
         }
     }
     assert_close(
-        &format!("lm_head logits = x[rows]·wteᵀ (4 chunks) C{c} R{r}"),
+        &format!(
+            "lm_head logits = x[rows]·wteᵀ (4 chunks) C{c} R{r} ({} wte)",
+            format.as_str()
+        ),
         &read(ctx, &logits, r * v),
         &want,
         REL_TOL,
@@ -232,7 +277,10 @@ fn check_lm_head(ctx: &GpuContext, linear: &Linear, c: usize, r: usize) {
         c,
     );
     assert_close(
-        &format!("lm_head dx = dlogits·wte (accumulated) C{c} R{r}"),
+        &format!(
+            "lm_head dx = dlogits·wte (accumulated) C{c} R{r} ({} wte)",
+            format.as_str()
+        ),
         &read(ctx, &dx, r * c),
         &want_dx,
         REL_TOL,
@@ -402,10 +450,15 @@ fn gelu_forward_and_backward_match_reference() {
 #[test]
 fn embedding_over_vocab_chunks_matches_reference() {
     let ctx = gpu();
-    let emb = Embedding::new(&ctx);
+    for format in [WeightFormat::F32, WeightFormat::F16] {
+        check_embedding(&ctx, &Embedding::for_weights(&ctx, format), format);
+    }
+}
+
+fn check_embedding(ctx: &GpuContext, emb: &Embedding, format: WeightFormat) {
     let mut rng = Rng(5);
     let (v, p, c, t) = (150, 20, 15, 11);
-    let wte = rng.vec(v * c, 1.0);
+    let wte = upload_weights(ctx, &rng.vec(v * c, 1.0), format).1;
     let wpe = rng.vec(p * c, 1.0);
     let ids: Vec<u32> = (0..t)
         .map(|i| if i == 0 { 149 } else { rng.below(v) as u32 })
@@ -413,21 +466,24 @@ fn embedding_over_vocab_chunks_matches_reference() {
     let chunks: Vec<VocabChunk> = [(0, 64), (64, 64), (128, 22)]
         .iter()
         .map(|&(row0, rows)| VocabChunk {
-            buffer: ctx.upload("wte", &wte[row0 * c..(row0 + rows) * c]),
+            buffer: upload_weights(ctx, &wte[row0 * c..(row0 + rows) * c], format).0,
             row0,
             rows,
         })
         .collect();
     let (idb, wpeb) = (ctx.upload("ids", &ids), ctx.upload("wpe", &wpe));
     let out = ctx.storage("out", 4 * (t * c) as u64);
-    run(&ctx, |pl| {
+    run(ctx, |pl| {
         emb.forward(pl, &out, &idb, &chunks, &wpeb, (1, t, c))
     });
     let mut want = vec![0.0; t * c];
     reference::embedding_forward(&mut want, &ids, &to_f64(&wte), &to_f64(&wpe), c);
     assert_close(
-        "embedding forward (3 vocab chunks)",
-        &read(&ctx, &out, t * c),
+        &format!(
+            "embedding forward (3 vocab chunks, {} wte)",
+            format.as_str()
+        ),
+        &read(ctx, &out, t * c),
         &want,
         REL_TOL,
     );

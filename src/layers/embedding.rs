@@ -4,7 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{pipelines, PlanBuilder};
+use super::{pipelines, with_storage, PlanBuilder, WeightFormat};
 use crate::gpu::GpuContext;
 
 #[repr(C)]
@@ -65,10 +65,16 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn new(ctx: &GpuContext) -> Self {
+        Self::for_weights(ctx, WeightFormat::F32)
+    }
+
+    /// The kernels reading wte as `format` (the backward, training only, needs f32).
+    pub fn for_weights(ctx: &GpuContext, format: WeightFormat) -> Self {
+        let source = with_storage(include_str!("../../shaders/embedding.wgsl"), "wte", format);
         let [forward, token_backward, position_backward] = pipelines(
             ctx,
             "embedding.wgsl",
-            include_str!("../../shaders/embedding.wgsl"),
+            &source,
             ["embedding_forward", "token_backward", "position_backward"],
         );
         Embedding {

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{pipelines, PlanBuilder};
+use super::{pipelines, with_storage, PlanBuilder, WeightFormat};
 use crate::gpu::{GpuContext, KernelProfile};
 
 #[repr(C)]
@@ -98,28 +98,45 @@ pub struct Linear {
     /// Compiled on first use: llvmpipe takes 5–25 s to compile each of these unrolled kernels
     /// (once per machine; Mesa caches them on disk), which a short prompt never needs.
     wide: Option<[OnceLock<wgpu::ComputePipeline>; 2]>,
+    /// How every kernel of this instance reads operand B (`WeightFormat::F16`: packed halves,
+    /// for the GEMMs whose B is a weight matrix; A and C are always f32).
+    b_format: WeightFormat,
     unused: wgpu::Buffer,
 }
 
 impl Linear {
     /// The fastest kernels this adapter supports.
     pub fn new(ctx: &GpuContext) -> Self {
-        Self::with_subgroup_kernels(ctx, ctx.profile == KernelProfile::CpuAdapter)
+        Self::for_weights(ctx, WeightFormat::F32)
+    }
+
+    /// The fastest kernels this adapter supports, reading operand B as `format`: the instance
+    /// for GEMMs whose B is a weight matrix (forward x·W, backward dy·Wᵀ, the lm_head).
+    pub fn for_weights(ctx: &GpuContext, format: WeightFormat) -> Self {
+        Self::with_options(ctx, ctx.profile == KernelProfile::CpuAdapter, format)
     }
 
     /// `use_subgroups` = false forces the portable kernels (tests compare both families).
     pub fn with_subgroup_kernels(ctx: &GpuContext, use_subgroups: bool) -> Self {
+        Self::with_options(ctx, use_subgroups, WeightFormat::F32)
+    }
+
+    pub fn with_options(ctx: &GpuContext, use_subgroups: bool, b_format: WeightFormat) -> Self {
         let [nn, nt, tn, column_sum] = pipelines(
             ctx,
             "linear.wgsl",
-            include_str!("../../shaders/linear.wgsl"),
+            &with_storage(include_str!("../../shaders/linear.wgsl"), "b", b_format),
             ["matmul_nn", "matmul_nt", "matmul_tn", "column_sum"],
         );
         let subgroup = (use_subgroups && ctx.subgroups_of_8).then(|| {
             pipelines(
                 ctx,
                 "linear_subgroup.wgsl",
-                include_str!("../../shaders/linear_subgroup.wgsl"),
+                &with_storage(
+                    include_str!("../../shaders/linear_subgroup.wgsl"),
+                    "b4",
+                    b_format,
+                ),
                 [
                     "matmul_nn_sg",
                     "matmul_nt_sg",
@@ -139,6 +156,7 @@ impl Linear {
             column_sum,
             subgroup,
             wide,
+            b_format,
             unused: ctx.storage("unused", 16),
         }
     }
@@ -278,6 +296,11 @@ impl Linear {
         if g.m == 0 || g.n == 0 {
             return;
         }
+        // B of Aᵀ·B is an activation gradient; weight gradients are only computed in f32.
+        assert!(
+            g.op != GemmOp::TN || self.b_format == WeightFormat::F32,
+            "the weight-gradient GEMM reads an f32 operand B"
+        );
         let flags = if g.bias.is_some() { HAS_BIAS } else { 0 }
             | if g.residual.is_some() {
                 HAS_RESIDUAL
@@ -326,8 +349,9 @@ impl Linear {
                         include_str!("../../shaders/linear_subgroup.wgsl"),
                         include_str!("../../shaders/linear_subgroup_wide.wgsl"),
                     );
+                    let source = with_storage(source, "b4", self.b_format);
                     let [pipeline] =
-                        pipelines(plan.ctx(), "linear_subgroup_wide.wgsl", source, [entry]);
+                        pipelines(plan.ctx(), "linear_subgroup_wide.wgsl", &source, [entry]);
                     pipeline
                 })
                 .clone()
