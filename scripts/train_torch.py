@@ -47,6 +47,9 @@ p.add_argument("--induction-steps", type=int, default=0,
                help="train on induction sequences only for the first N steps (a curriculum)")
 p.add_argument("--only", default="",
                help="comma-separated task names to train and evaluate on (default: every task)")
+p.add_argument("--wpe-init", default="normal", choices=["normal", "sinusoidal"],
+               help="wpe at init: HF's N(0, 0.02), or sinusoids (Vaswani et al.) scaled to --wpe-scale")
+p.add_argument("--wpe-scale", type=float, default=0.1, help="RMS of a sinusoidal wpe row")
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--seed", type=int, default=0)
 args = p.parse_args()
@@ -130,6 +133,14 @@ L, H, C = map(int, args.config.split(","))
 model = GPT2LMHeadModel(GPT2Config(
     vocab_size=vocab, n_positions=args.seq, n_embd=C, n_layer=L, n_head=H,
     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=eot, eos_token_id=eot))
+if args.wpe_init == "sinusoidal":
+    with torch.no_grad():
+        pos = torch.arange(args.seq, dtype=torch.float64)[:, None]
+        freq = torch.exp(-math.log(10000.0) * torch.arange(0, C, 2, dtype=torch.float64) / C)
+        wpe = torch.zeros(args.seq, C, dtype=torch.float64)
+        wpe[:, 0::2] = torch.sin(pos * freq)
+        wpe[:, 1::2] = torch.cos(pos * freq)
+        model.transformer.wpe.weight.copy_((wpe * args.wpe_scale * math.sqrt(2)).float())
 params = list(model.parameters())
 opt = torch.optim.AdamW(
     [{"params": [q for q in params if q.dim() >= 2], "weight_decay": args.weight_decay},

@@ -25,6 +25,8 @@ pub struct BenchArgs {
     pub seq_lens: Vec<usize>,
     pub runs: usize,
     pub json: Option<PathBuf>,
+    /// Skip the GEMM table, the kernel profile and the batched forward.
+    pub latency_only: bool,
     pub backend: BackendChoice,
     /// How the adapter stores the weight matrices.
     pub weights: WeightFormat,
@@ -138,18 +140,23 @@ pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
         .iter()
         .find(|&&t| t == 64)
         .unwrap_or(&args.seq_lens[0]);
-    println!("\nGEMMs at T = {gemm_t} (C = A·B, A M×K):");
-    println!(
-        "{:<28} {:>6} {:>6} {:>6} {:>10} {:>9}",
-        "shape", "M", "K", "N", "ms", "GFLOP/s"
-    );
-    let gemms = gemm_throughput(&engine.ctx, &cfg, gemm_t, 3, args.weights)?;
-    for g in &gemms {
+    let gemms = if args.latency_only {
+        Vec::new()
+    } else {
+        println!("\nGEMMs at T = {gemm_t} (C = A·B, A M×K):");
         println!(
-            "{:<28} {:>6} {:>6} {:>6} {:>10.3} {:>9.2}",
-            g.name, g.m, g.k, g.n, g.ms, g.gflops
+            "{:<28} {:>6} {:>6} {:>6} {:>10} {:>9}",
+            "shape", "M", "K", "N", "ms", "GFLOP/s"
         );
-    }
+        let gemms = gemm_throughput(&engine.ctx, &cfg, gemm_t, 3, args.weights)?;
+        for g in &gemms {
+            println!(
+                "{:<28} {:>6} {:>6} {:>6} {:>10.3} {:>9.2}",
+                g.name, g.m, g.k, g.n, g.ms, g.gflops
+            );
+        }
+        gemms
+    };
     println!(
         "\nRA latency: forward + backward + RA readback, all {} heads, nll loss, {} warm runs",
         cfg.n_layer * cfg.n_head,
@@ -202,8 +209,14 @@ pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
         );
         rows.push(row);
     }
-    let ra_profile = profile_ra_pass(&mut engine, &cfg, gemm_t, args.runs)?;
-    let batched = batched_forward(&mut engine, &cfg, args.runs)?;
+    let (ra_profile, batched) = if args.latency_only {
+        (None, None)
+    } else {
+        (
+            Some(profile_ra_pass(&mut engine, &cfg, gemm_t, args.runs)?),
+            Some(batched_forward(&mut engine, &cfg, args.runs)?),
+        )
+    };
     let gpu_mib = engine.gpu_bytes() as f64 / (1 << 20) as f64;
     println!("\nGPU buffers held: {gpu_mib:.1} MiB (weights and the cached workspace); peak host RSS {:.0} MiB", peak_rss_mib());
     if let Some(path) = &args.json {

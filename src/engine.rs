@@ -196,24 +196,28 @@ impl GpuWeights {
             })
             .collect();
         w.wte.release_resident_pages();
+        ctx.flush_uploads()?;
         let layers = w
             .layers
             .iter()
-            .map(|l| GpuLayer {
-                ln_1_w: up("ln_1.weight", &l.ln_1_w),
-                ln_1_b: up("ln_1.bias", &l.ln_1_b),
-                attn_w: matrix("attn.c_attn.weight", &l.attn_w),
-                attn_b: up("attn.c_attn.bias", &l.attn_b),
-                attn_proj_w: matrix("attn.c_proj.weight", &l.attn_proj_w),
-                attn_proj_b: up("attn.c_proj.bias", &l.attn_proj_b),
-                ln_2_w: up("ln_2.weight", &l.ln_2_w),
-                ln_2_b: up("ln_2.bias", &l.ln_2_b),
-                fc_w: matrix("mlp.c_fc.weight", &l.fc_w),
-                fc_b: up("mlp.c_fc.bias", &l.fc_b),
-                fc_proj_w: matrix("mlp.c_proj.weight", &l.fc_proj_w),
-                fc_proj_b: up("mlp.c_proj.bias", &l.fc_proj_b),
+            .map(|l| {
+                let layer = GpuLayer {
+                    ln_1_w: up("ln_1.weight", &l.ln_1_w),
+                    ln_1_b: up("ln_1.bias", &l.ln_1_b),
+                    attn_w: matrix("attn.c_attn.weight", &l.attn_w),
+                    attn_b: up("attn.c_attn.bias", &l.attn_b),
+                    attn_proj_w: matrix("attn.c_proj.weight", &l.attn_proj_w),
+                    attn_proj_b: up("attn.c_proj.bias", &l.attn_proj_b),
+                    ln_2_w: up("ln_2.weight", &l.ln_2_w),
+                    ln_2_b: up("ln_2.bias", &l.ln_2_b),
+                    fc_w: matrix("mlp.c_fc.weight", &l.fc_w),
+                    fc_b: up("mlp.c_fc.bias", &l.fc_b),
+                    fc_proj_w: matrix("mlp.c_proj.weight", &l.fc_proj_w),
+                    fc_proj_b: up("mlp.c_proj.bias", &l.fc_proj_b),
+                };
+                ctx.flush_uploads().map(|()| layer)
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let weights = GpuWeights {
             wte,
             wpe: up("wpe", &w.wpe),

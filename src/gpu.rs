@@ -297,6 +297,14 @@ impl GpuContext {
     }
 
     /// Blocks until the queue is idle.
+    /// Submits the copies that `upload`s have queued and waits for them, which frees their
+    /// staging memory (wgpu keeps each upload's host-side staging copy until the next submit
+    /// completes: uploading a model in one go would briefly hold its weights twice).
+    pub fn flush_uploads(&self) -> Result<()> {
+        self.queue.submit(std::iter::empty());
+        self.wait()
+    }
+
     pub fn wait(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())

@@ -202,6 +202,18 @@ pub fn run(args: &InitArgs) -> Result<GptConfig> {
     let path = staged.path("model.safetensors");
     safetensors::tensor::serialize_to_file(tensors(&cfg, args.seed), None, &path)
         .map_err(|e| Error::Output(format!("cannot write {}: {e}", path.display())))?;
+    // safetensors writes through a private (0600) temporary file; give the checkpoint the same
+    // permissions as the other files.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(staged.path("config.json"))
+            .map_err(|e| Error::io(staged.path("config.json"), e))?
+            .permissions()
+            .mode();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(&path, e))?;
+    }
     staged.commit()?;
     Ok(cfg)
 }

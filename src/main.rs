@@ -94,6 +94,10 @@ enum Command {
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Only the RA latency table (no GEMM table, kernel profile or batched forward): for
+        /// large models, where those take many minutes.
+        #[arg(long)]
+        latency_only: bool,
         /// Storage of the weight matrices on the adapter: f32, or f16 (half the memory; arithmetic
         /// stays f32, so results move by f16's rounding of the weights, about 1e-3 relative).
         #[arg(long, value_enum, default_value_t = WeightFormat::F32)]
@@ -320,6 +324,7 @@ fn main() -> ExitCode {
             seq,
             runs,
             json,
+            latency_only,
             weights,
         } => {
             let args = BenchArgs {
@@ -327,6 +332,7 @@ fn main() -> ExitCode {
                 seq_lens: seq,
                 runs,
                 json,
+                latency_only,
                 backend: cli.backend,
                 weights,
             };
