@@ -44,7 +44,7 @@ enum Command {
         #[arg(long, required_unless_present = "task", conflicts_with = "task")]
         target: Option<String>,
         /// Instead of --prompt/--target: a held-out few-shot prompt of this task of the task suite
-        /// (`<|endoftext|>Q: x\nA: y\n\n…Q: x_q\nA:`, target " y_q"), e.g. antonym or first.
+        /// (`<|endoftext|>Q: x\nA: y\n\n…Q: x_q\nA:`, target " y_q"), e.g. antonym or size.
         #[arg(long)]
         task: Option<String>,
         /// Demonstrations in the --task prompt.
@@ -118,11 +118,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Write a synthetic in-context-learning task suite (deterministic for a seed): 4 abstractive
-    /// tasks (copy, antonym, translation, category) and 3 extractive ones (first, middle, last)
-    /// over made-up words, as abstractive/<task>.json and extractive/<task>.json in the
-    /// function_vectors format, a tokenizer.json with one token per word, and suite.json (seed,
-    /// vocabulary, prompt template, train/test split rule).
+    /// Write a synthetic in-context-learning task suite (deterministic for a seed): 6 tasks over
+    /// the same made-up input words, each answering from its own words (antonym, translation,
+    /// category, country, color, size), as abstractive/<task>.json in the function_vectors
+    /// format, a tokenizer.json with one token per word, and suite.json (seed, vocabulary, prompt
+    /// template, train/test split rule).
     Tasks {
         /// Output directory (new or empty; files appear only once all are written).
         #[arg(long)]

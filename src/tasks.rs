@@ -5,51 +5,54 @@
 //!
 //! **Vocabulary.** [`NUM_WORDS`] made-up pronounceable words (2–3 consonant–vowel syllables,
 //! lowercase ASCII, all distinct), generated from the seed. They are split, by a seeded shuffle,
-//! into a *domain* of [`DOMAIN_SIZE`] words (the inputs of the abstractive tasks), as many
-//! *translation targets*, [`NUM_CATEGORIES`] *category* words, and the remaining *filler* words.
+//! into a *domain* of [`DOMAIN_SIZE`] words (the inputs of every task), as many *translation
+//! targets*, and the *value words* of each attribute in [`ATTRIBUTES`] (8 + 6 + 5 + 4).
 //!
 //! **Tokenizer.** A HF `tokenizers` file (tokenizer.json) with a WordLevel model, GPT-2's
 //! pre-tokenizer regex (as a `Split` pre-tokenizer, so text splits exactly where GPT-2's does) and
 //! a `Fuse` decoder (tokens are concatenated, so `decode(encode(s)) == s` for suite text). Ids:
 //! 0 `<|endoftext|>` (special), 1 `<|unk|>` (special, the fallback for anything else),
 //! 2 `Q`, 3 `A`, 4 `:`, 5 `,`, 6 `\n`, 7 `\n\n`, then one token per word *with its leading
-//! space* (`" kato"`), in vocabulary order: 308 tokens for 300 words. As in GPT-2, `"\n\n"`
-//! followed by text is two `"\n"` tokens, so a demonstration with a one-token input is 9 tokens:
+//! space* (`" kato"`), in vocabulary order: 127 tokens for 119 words. As in GPT-2, `"\n\n"`
+//! followed by text is two `"\n"` tokens, so a demonstration is 9 tokens:
 //! `Q` `:` ` x` `\n` `A` `:` ` y` `\n` `\n`. The `\n\n` token (GPT-2's 628) only appears where
 //! GPT-2 would use it too: text that *ends* in `"\n\n"` (e.g. before an `<|endoftext|>` when
-//! episodes are packed into one sequence); without it that would be `<|unk|>`.
+//! episodes are packed into one sequence); without it that would be `<|unk|>`. The `,` token
+//! serves list inputs (function_vectors' extractive tasks), which [`load`] accepts.
 //!
-//! **Tasks.** Two groups; inside each group *the same input maps to a different output in every
-//! task*, so a 0-shot prompt is ambiguous and only the demonstrations say which task is meant.
-//! Every output is one word, i.e. one token.
-//! - abstractive (single-word inputs: every domain word, [`DOMAIN_SIZE`] pairs per task; the
-//!   mapping must be learned in the weights, like GPT-2 knows antonyms from pretraining):
-//!   `copy` (x → x), `antonym` (a fixed random pairing of the domain words with each other:
-//!   an involution without fixed points, x ↔ y), `translation` (a fixed random bijection from
-//!   the domain onto the translation targets), `category` (many-to-one: each of the
-//!   [`NUM_CATEGORIES`] category words has `DOMAIN_SIZE / NUM_CATEGORIES` domain members).
-//! - extractive (inputs are lists of [`LIST_LEN`] distinct words from the whole vocabulary,
-//!   written `"w1, w2, w3"` as in function_vectors; [`NUM_LISTS`] lists, *the same lists* in all
-//!   three tasks): `first`, `middle`, `last`.
+//! **Tasks.** Six abstractive tasks over the same inputs: *the same input maps to a different
+//! output in every task*, so a 0-shot prompt is ambiguous and only the demonstrations say which
+//! task is meant. Every map must be learned in the weights, as GPT-2 knows antonyms from
+//! pretraining, and every output is one word, i.e. one token:
+//! - `antonym`: a fixed random pairing of the domain words with each other (an involution
+//!   without fixed points, x ↔ y);
+//! - `translation`: a fixed random bijection from the domain onto the translation targets;
+//! - `category`, `country`, `color`, `size`: many-to-one maps onto 8, 6, 5 and 4 value words
+//!   (a shuffled domain dealt round-robin, so class sizes differ by at most one).
 //!
-//! **Split (held-out data).** A seeded shuffle per group, like sklearn's
-//! `train_test_split(test_size=0.3)`: `perm` = Fisher–Yates permutation of `0..n` from the
-//! stream `split/<kind>`, `n_test = ceil(0.3·n)`, test = `perm[..n_test]`, rest = `perm[n_test..]`
-//! (both in permutation order). See [`split`].
-//! - extractive: train = rest, test = the test lists. The three tasks share the lists and the
-//!   permutation, so no test list occurs in the train split of *any* extractive task.
+//! Each task answers from its own words, as in most of function_vectors' abstractive tasks
+//! (English → French, country → capital, person → sport): the demonstrations tell the tasks
+//! apart by what their answers are. Version 1 of the suite also had `copy` (x → x, answered
+//! from antonym's words) and three extractive tasks (`first`, `middle`, `last` of a 3-word
+//! list), which need a *relation* between a demonstration's question and answer; the 3-layer
+//! models trained on it never learned those (assets/default-model/MODEL_CARD.md).
+//!
+//! **Split (held-out data).** Like sklearn's `train_test_split(test_size=0.3)`: `perm` =
+//! Fisher–Yates permutation of `0..n` from the stream `split/<kind>`, `n_test = ceil(0.3·n)`,
+//! test = `perm[..n_test]`, rest = `perm[n_test..]` (both in permutation order). See [`split`].
 //! - abstractive: the map is knowledge that lives in the weights; a pair never trained on cannot
 //!   be predicted. So train = **all** pairs (in file order) and test = the `n_test` shuffled pairs,
 //!   used as evaluation *queries*. What is held out for these tasks is the *prompt*: fresh
 //!   demonstrations and queries drawn from the evaluation stream ([`eval_prompts`]), which the
 //!   trainer never uses (it draws from its own stream, e.g. [`train_episode`]). The test pairs
 //!   are therefore a subset of the train pairs, by design.
+//! - extractive (suites written by other tools): train = rest, test = the test inputs, disjoint.
 //!
-//! **Files** (`revattn tasks --out DIR`): `abstractive/<task>.json`, `extractive/<task>.json`
+//! **Files** (`revattn tasks --out DIR`): `abstractive/<task>.json`
 //! (`[{"input": …, "output": …}, …]`), `tokenizer.json`, and `suite.json` (seed, vocabulary,
-//! special token ids, template, split rule, tasks with their sizes). [`load`] reads them back and
-//! re-derives the split from suite.json's seed; `write(load(dir))` reproduces the files byte for
-//! byte.
+//! special token ids, template, split rule, tasks with their sizes). [`load`] reads them back (and
+//! `extractive/<task>.json` files of suites that have them) and re-derives the split from
+//! suite.json's seed; `write(load(dir))` reproduces the files byte for byte.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -61,18 +64,18 @@ use crate::error::{Error, Result};
 use crate::output::StagedDir;
 use crate::tokenizer::{Gpt2Tokenizer, END_OF_TEXT};
 
-/// suite.json's `format`.
-pub const FORMAT: &str = "revattn-tasks/1";
-/// Made-up words in the vocabulary (each one token).
-pub const NUM_WORDS: usize = 300;
-/// Inputs of the abstractive tasks.
-pub const DOMAIN_SIZE: usize = 96;
-/// Output words of the `category` task.
-pub const NUM_CATEGORIES: usize = 8;
-/// Lists per extractive task.
-pub const NUM_LISTS: usize = 1000;
-/// Words per extractive list.
-pub const LIST_LEN: usize = 3;
+/// suite.json's `format` (2: six abstractive tasks; version 1 also had copy and three
+/// extractive tasks).
+pub const FORMAT: &str = "revattn-tasks/2";
+/// Inputs of every task.
+pub const DOMAIN_SIZE: usize = 48;
+/// The attribute tasks: (name, number of value words). Each maps every domain word to one of its
+/// values, like GPT-2's person → sport or landmark → country.
+pub const ATTRIBUTES: [(&str, usize); 4] =
+    [("category", 8), ("country", 6), ("color", 5), ("size", 4)];
+/// Made-up words in the vocabulary (each one token): the domain, the translation targets and
+/// every attribute's values.
+pub const NUM_WORDS: usize = 2 * DOMAIN_SIZE + 8 + 6 + 5 + 4;
 /// Test share of the split, in percent (sklearn's test_size=0.3).
 pub const TEST_PERCENT: usize = 30;
 /// The tokenizer's fallback token.
@@ -362,18 +365,8 @@ pub fn tokenizer_json(words: &[String]) -> Vec<u8> {
 /// A task before its split.
 struct Spec {
     name: &'static str,
-    kind: TaskKind,
     description: String,
     pairs: Vec<Pair>,
-}
-
-fn abstractive(name: &'static str, description: String, pairs: Vec<Pair>) -> Spec {
-    Spec {
-        name,
-        kind: TaskKind::Abstractive,
-        description,
-        pairs,
-    }
 }
 
 /// The suite for a seed (same seed, same suite, same files).
@@ -382,9 +375,8 @@ pub fn generate(seed: u64) -> TaskSuite {
     let w = |i: usize| words[i].clone();
     let mut order: Vec<usize> = (0..NUM_WORDS).collect();
     Rng::stream(seed, "groups").shuffle(&mut order);
-    let domain = &order[..DOMAIN_SIZE];
-    let targets = &order[DOMAIN_SIZE..2 * DOMAIN_SIZE];
-    let categories = &order[2 * DOMAIN_SIZE..2 * DOMAIN_SIZE + NUM_CATEGORIES];
+    let (domain, rest) = order.split_at(DOMAIN_SIZE);
+    let (targets, mut values) = rest.split_at(DOMAIN_SIZE);
 
     // antonym: consecutive words of a shuffled domain are each other's antonym.
     let mut shuffled = domain.to_vec();
@@ -397,94 +389,59 @@ pub fn generate(seed: u64) -> TaskSuite {
     // translation: a bijection domain → targets.
     let mut translated = targets.to_vec();
     Rng::stream(seed, "translation").shuffle(&mut translated);
-    // category: a shuffled domain dealt round-robin onto the categories (equal sizes).
-    let mut dealt = domain.to_vec();
-    Rng::stream(seed, "category").shuffle(&mut dealt);
-    let mut category = vec![usize::MAX; NUM_WORDS];
-    for (j, &x) in dealt.iter().enumerate() {
-        category[x] = categories[j % NUM_CATEGORIES];
-    }
 
     let mut specs = vec![
-        abstractive(
-            "copy",
-            "x → x: the input word itself".into(),
-            domain.iter().map(|&x| Pair::new(w(x), w(x))).collect(),
-        ),
-        abstractive(
-            "antonym",
-            "x → its antonym: a fixed random pairing of the domain words (x ↔ y)".into(),
-            domain
+        Spec {
+            name: "antonym",
+            description: "x → its antonym: a fixed random pairing of the domain words (x ↔ y)"
+                .into(),
+            pairs: domain
                 .iter()
                 .map(|&x| Pair::new(w(x), w(partner[x])))
                 .collect(),
-        ),
-        abstractive(
-            "translation",
-            format!("x → its translation: a fixed random bijection onto {DOMAIN_SIZE} words"),
-            domain
+        },
+        Spec {
+            name: "translation",
+            description: format!(
+                "x → its translation: a fixed random bijection onto {DOMAIN_SIZE} other words"
+            ),
+            pairs: domain
                 .iter()
                 .zip(&translated)
                 .map(|(&x, &y)| Pair::new(w(x), w(y)))
                 .collect(),
-        ),
-        abstractive(
-            "category",
-            format!(
-                "x → its category: {NUM_CATEGORIES} category words with {} members each",
-                DOMAIN_SIZE / NUM_CATEGORIES
-            ),
-            domain
-                .iter()
-                .map(|&x| Pair::new(w(x), w(category[x])))
-                .collect(),
-        ),
+        },
     ];
-
-    // The lists: distinct ordered lists of distinct words, shared by the extractive tasks.
-    let mut rng = Rng::stream(seed, "lists");
-    let mut seen = HashSet::new();
-    let mut lists: Vec<Vec<usize>> = Vec::with_capacity(NUM_LISTS);
-    while lists.len() < NUM_LISTS {
-        let mut list = Vec::with_capacity(LIST_LEN);
-        while list.len() < LIST_LEN {
-            let i = rng.below(NUM_WORDS);
-            if !list.contains(&i) {
-                list.push(i);
-            }
+    // attributes: a shuffled domain dealt round-robin onto the attribute's value words, so the
+    // classes differ in size by at most one.
+    for (name, n_values) in ATTRIBUTES {
+        let (own, others) = values.split_at(n_values);
+        values = others;
+        let mut dealt = domain.to_vec();
+        Rng::stream(seed, name).shuffle(&mut dealt);
+        let mut value = vec![usize::MAX; NUM_WORDS];
+        for (j, &x) in dealt.iter().enumerate() {
+            value[x] = own[j % n_values];
         }
-        if seen.insert(list.clone()) {
-            lists.push(list);
-        }
-    }
-    let text = |l: &[usize]| {
-        l.iter()
-            .map(|&i| words[i].as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    for (name, at, what) in [
-        ("first", 0, "the first"),
-        ("middle", LIST_LEN / 2, "the middle"),
-        ("last", LIST_LEN - 1, "the last"),
-    ] {
         specs.push(Spec {
             name,
-            kind: TaskKind::Extractive,
-            description: format!(
-                "\"w1, w2, w3\" → {what} word of a list of {LIST_LEN} distinct words"
-            ),
-            pairs: lists.iter().map(|l| Pair::new(text(l), w(l[at]))).collect(),
+            description: format!("x → its {name}: one of {n_values} words, a fixed random map"),
+            pairs: domain
+                .iter()
+                .map(|&x| Pair::new(w(x), w(value[x])))
+                .collect(),
         });
     }
+    debug_assert!(values.is_empty(), "every word has a role");
 
     let tasks = specs
         .into_iter()
         .map(|spec| {
-            let (train, test) = split(seed, spec.kind, &spec.pairs);
+            let kind = TaskKind::Abstractive;
+            let (train, test) = split(seed, kind, &spec.pairs);
             Task {
                 name: spec.name.into(),
-                kind: spec.kind,
+                kind,
                 description: spec.description,
                 pairs: spec.pairs,
                 train,
@@ -696,7 +653,7 @@ fn suite_json(suite: &TaskSuite) -> SuiteJson {
             test_size: TEST_PERCENT as f64 / 100.0,
             n_test: "ceil(0.3·n)".into(),
             permutation: "Fisher–Yates (from the end) over 0..n with SplitMix64 stream \"split/<kind>\" of the seed; test = perm[..n_test], rest = perm[n_test..], in permutation order".into(),
-            extractive: "train = rest, test = perm[..n_test]; the three extractive tasks share their lists and permutation, so test lists never occur in any extractive train split".into(),
+            extractive: "train = rest, test = perm[..n_test]: test inputs never occur in training (this suite has no extractive task; suites written by other tools may)".into(),
             abstractive: "train = all pairs (the map must be learned in the weights), test = perm[..n_test] used as evaluation queries; what is held out is the prompt: demonstrations and queries drawn from the evaluation stream \"eval/<task>/<n_demos>\", which training never uses".into(),
         },
         tasks: suite
@@ -735,9 +692,12 @@ pub fn write(suite: &TaskSuite, out: &Path) -> Result<()> {
         }
     }
     let staged = StagedDir::create(out)?;
+    // One folder per kind the suite has.
     for kind in [TaskKind::Abstractive, TaskKind::Extractive] {
-        let dir = staged.path(kind.as_str());
-        std::fs::create_dir(&dir).map_err(|e| Error::io(dir, e))?;
+        if suite.tasks.iter().any(|t| t.kind == kind) {
+            let dir = staged.path(kind.as_str());
+            std::fs::create_dir(&dir).map_err(|e| Error::io(dir, e))?;
+        }
     }
     for task in &suite.tasks {
         staged.write(&task.file(), &pretty(&task.pairs))?;

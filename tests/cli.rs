@@ -170,11 +170,11 @@ fn maps_task_prompts_reject_bad_requests() {
     for (extra, needle) in [
         (vec!["--task", "nonsense"], "no task \"nonsense\""),
         (
-            vec!["--task", "first", "--query", "100000"],
+            vec!["--task", "size", "--query", "100000"],
             "--query 100000",
         ),
         (
-            vec!["--task", "first", "--tasks", "/nonexistent/suite"],
+            vec!["--task", "size", "--tasks", "/nonexistent/suite"],
             "/nonexistent/suite",
         ),
     ] {
@@ -191,7 +191,7 @@ fn maps_task_prompts_reject_bad_requests() {
     }
     // --prompt and --task exclude each other (clap's usage error)
     let o = revattn(&[
-        "maps", "--task", "first", "--prompt", "x", "--target", " y", "--out", "o",
+        "maps", "--task", "size", "--prompt", "x", "--target", " y", "--out", "o",
     ]);
     assert!(!o.status.success());
 }

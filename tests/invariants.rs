@@ -48,7 +48,7 @@ fn prompts_for(model: &Model) -> Vec<(String, String, String)> {
     if model.source.starts_with("embedded") {
         // The trained organism: few-shot prompts of its own task suite (seed 0, as shipped).
         let suite = revattn::tasks::generate(0);
-        ["antonym", "first"]
+        ["antonym", "size"]
             .iter()
             .flat_map(|name| {
                 let pairs = &suite.task(name).unwrap().train;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use revattn::tasks::{self, Pair, TaskKind, TaskSuite};
+use revattn::tasks::{self, Pair, Task, TaskKind, TaskSuite};
 use revattn::tokenizer::Gpt2Tokenizer;
 use revattn::Error;
 
@@ -48,6 +48,35 @@ fn suite() -> TaskSuite {
     tasks::generate(0)
 }
 
+/// The six tasks, in suite order.
+const TASKS: [&str; 6] = [
+    "antonym",
+    "translation",
+    "category",
+    "country",
+    "color",
+    "size",
+];
+
+/// An extractive task in function_vectors' format (`"w1, w2, w3"` → the last word) over the
+/// suite's words, as another tool could write it: `load` and the episode code accept those.
+fn last_word_task(s: &TaskSuite) -> Task {
+    let pairs: Vec<Pair> = s
+        .words
+        .chunks_exact(3)
+        .map(|w| Pair::new(w.join(", "), w[2].clone()))
+        .collect();
+    let (train, test) = tasks::split(s.seed, TaskKind::Extractive, &pairs);
+    Task {
+        name: "last".into(),
+        kind: TaskKind::Extractive,
+        description: "the last word of a list".into(),
+        pairs,
+        train,
+        test,
+    }
+}
+
 #[test]
 fn same_seed_same_files_other_seed_other_files() {
     let tmp = tempfile::tempdir().unwrap();
@@ -69,11 +98,10 @@ fn same_seed_same_files_other_seed_other_files() {
         [
             "abstractive/antonym.json",
             "abstractive/category.json",
-            "abstractive/copy.json",
+            "abstractive/color.json",
+            "abstractive/country.json",
+            "abstractive/size.json",
             "abstractive/translation.json",
-            "extractive/first.json",
-            "extractive/last.json",
-            "extractive/middle.json",
             "suite.json",
             "tokenizer.json",
         ]
@@ -152,10 +180,10 @@ fn every_output_is_one_token_and_every_input_word_too() {
 fn decode_encode_round_trip() {
     let s = suite();
     let tok = s.tokenizer().unwrap();
-    let copy = s.task("copy").unwrap();
-    let first = s.task("first").unwrap();
-    let demos: Vec<&Pair> = first.train.iter().take(3).chain(&copy.train[..2]).collect();
-    let (text, target) = tasks::prompt(&demos, &first.test[0]);
+    let size = s.task("size").unwrap();
+    let lists = last_word_task(&s);
+    let demos: Vec<&Pair> = lists.train.iter().take(3).chain(&size.train[..2]).collect();
+    let (text, target) = tasks::prompt(&demos, &lists.test[0]);
     let episode = text.clone() + &target;
     // Episodes packed one after another: the "\n\n" before <|endoftext|> ends a segment and is
     // one token, as in GPT-2.
@@ -219,7 +247,7 @@ fn template_tokenizes_like_function_vectors_with_gpt2() {
         assert_eq!(*ep.answer_positions.last().unwrap(), ep.ids.len() - 1);
     }
     // List inputs: 5 tokens each, so a demonstration is 13 tokens.
-    let last = s.task("last").unwrap();
+    let last = last_word_task(&s);
     let demos: Vec<&Pair> = last.train[..2].iter().collect();
     let ep = tasks::encode_episode(&tok, &demos, &last.test[0]).unwrap();
     assert_eq!(ep.ids.len(), 13 * 2 + 12);
@@ -239,51 +267,17 @@ fn encode_episode_rejects_answers_that_are_not_one_token() {
 #[test]
 fn the_same_input_has_different_outputs_across_tasks() {
     let s = suite();
-    let mut outputs: HashMap<(TaskKind, &str), HashSet<&str>> = HashMap::new();
-    let mut per_task: HashMap<(TaskKind, &str), usize> = HashMap::new();
-    for t in &s.tasks {
-        for p in &t.pairs {
-            outputs
-                .entry((t.kind, &p.input))
-                .or_default()
-                .insert(&p.output);
-            *per_task.entry((t.kind, &p.input)).or_default() += 1;
-        }
-    }
-    let abstractive: Vec<_> = s
-        .tasks
-        .iter()
-        .filter(|t| t.kind == TaskKind::Abstractive)
-        .collect();
-    assert_eq!(abstractive.len(), 4);
-    // Every abstractive task has exactly the domain as inputs.
-    let domain: HashSet<&str> = abstractive[0]
-        .pairs
-        .iter()
-        .map(|p| p.input.as_str())
-        .collect();
+    let names: Vec<&str> = s.tasks.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, TASKS);
+    assert!(s.tasks.iter().all(|t| t.kind == TaskKind::Abstractive));
+    // Every task has exactly the domain as inputs.
+    let domain: HashSet<&str> = s.tasks[0].pairs.iter().map(|p| p.input.as_str()).collect();
     assert_eq!(domain.len(), tasks::DOMAIN_SIZE);
-    for t in &abstractive {
+    for t in &s.tasks {
         let inputs: HashSet<&str> = t.pairs.iter().map(|p| p.input.as_str()).collect();
         assert_eq!(inputs, domain, "{}", t.name);
+        assert_eq!(t.pairs.len(), tasks::DOMAIN_SIZE, "{}", t.name);
     }
-    let ambiguous = domain
-        .iter()
-        .filter(|x| outputs[&(TaskKind::Abstractive, **x)].len() == 4)
-        .count();
-    assert!(
-        ambiguous * 10 >= domain.len() * 9,
-        "only {ambiguous} of {} domain words have 4 distinct outputs",
-        domain.len()
-    );
-    // Extractive: the three tasks share every list and give three different answers.
-    for ((kind, input), outs) in &outputs {
-        if *kind == TaskKind::Extractive {
-            assert_eq!(per_task[&(*kind, *input)], 3, "{input}");
-            assert_eq!(outs.len(), 3, "{input}");
-        }
-    }
-    // The maps have the promised shapes.
     let map = |name: &str| -> HashMap<&str, &str> {
         s.task(name)
             .unwrap()
@@ -292,71 +286,77 @@ fn the_same_input_has_different_outputs_across_tasks() {
             .map(|p| (p.input.as_str(), p.output.as_str()))
             .collect()
     };
-    let (copy, ant, tr, cat) = (
-        map("copy"),
-        map("antonym"),
-        map("translation"),
-        map("category"),
-    );
+    // Each task answers from its own words, so every input has six different answers and a
+    // 0-shot prompt is ambiguous.
+    let answer_sets: Vec<HashSet<&str>> = TASKS
+        .iter()
+        .map(|&t| map(t).into_values().collect())
+        .collect();
+    for (i, a) in answer_sets.iter().enumerate() {
+        for b in &answer_sets[i + 1..] {
+            assert!(a.is_disjoint(b), "two tasks share answer words");
+        }
+    }
+    let maps: Vec<HashMap<&str, &str>> = TASKS.iter().map(|&t| map(t)).collect();
     for x in &domain {
-        assert_eq!(copy[x], *x);
+        let outputs: HashSet<&str> = maps.iter().map(|m| m[x]).collect();
+        assert_eq!(outputs.len(), TASKS.len(), "{x}");
+    }
+    // The maps have the promised shapes.
+    let (ant, tr) = (&maps[0], &maps[1]);
+    for x in &domain {
         assert_ne!(ant[x], *x);
         assert_eq!(ant[ant[x]], *x, "antonym is an involution");
         assert!(!domain.contains(tr[x]), "translations leave the domain");
     }
+    assert_eq!(answer_sets[0], domain, "antonyms are domain words");
     assert_eq!(
-        tr.values().collect::<HashSet<_>>().len(),
-        tasks::DOMAIN_SIZE
+        answer_sets[1].len(),
+        tasks::DOMAIN_SIZE,
+        "translation is a bijection"
     );
-    let mut sizes: HashMap<&str, usize> = HashMap::new();
-    for c in cat.values() {
-        *sizes.entry(c).or_default() += 1;
+    for (&(name, n_values), m) in tasks::ATTRIBUTES.iter().zip(&maps[2..]) {
+        let mut sizes: HashMap<&str, usize> = HashMap::new();
+        for v in m.values() {
+            *sizes.entry(v).or_default() += 1;
+        }
+        assert_eq!(sizes.len(), n_values, "{name}");
+        let (lo, hi) = (sizes.values().min().unwrap(), sizes.values().max().unwrap());
+        assert!(hi - lo <= 1, "{name}: class sizes {lo}..{hi}");
     }
-    assert_eq!(sizes.len(), tasks::NUM_CATEGORIES);
-    assert!(sizes
-        .values()
-        .all(|&n| n == tasks::DOMAIN_SIZE / tasks::NUM_CATEGORIES));
+    // Every word has exactly one role: input, or the answer of one task.
+    let used: usize = answer_sets[1..].iter().map(|a| a.len()).sum::<usize>() + domain.len();
+    assert_eq!(used, tasks::NUM_WORDS);
 }
 
 #[test]
 fn splits_follow_the_rule() {
     let s = suite();
-    let mut all_train_lists = HashSet::new();
-    let mut all_test_lists = HashSet::new();
     for t in &s.tasks {
-        let n = t.pairs.len();
-        assert_eq!(t.test.len(), tasks::test_count(n));
+        assert_eq!(t.test.len(), tasks::test_count(t.pairs.len()));
         assert_eq!(
             (t.train.clone(), t.test.clone()),
             tasks::split(s.seed, t.kind, &t.pairs)
         );
-        match t.kind {
-            TaskKind::Abstractive => {
-                assert_eq!(t.train, t.pairs, "{}: all pairs are trained on", t.name);
-                assert_eq!(t.test.len(), 29);
-                assert!(t.test.iter().all(|p| t.pairs.contains(p)));
-            }
-            TaskKind::Extractive => {
-                assert_eq!((t.train.len(), t.test.len()), (700, 300));
-                let mut union: Vec<&Pair> = t.train.iter().chain(&t.test).collect();
-                union.sort_by(|a, b| a.input.cmp(&b.input));
-                let mut pairs: Vec<&Pair> = t.pairs.iter().collect();
-                pairs.sort_by(|a, b| a.input.cmp(&b.input));
-                assert_eq!(union, pairs, "{}: train + test = all pairs", t.name);
-                all_train_lists.extend(t.train.iter().map(|p| p.input.clone()));
-                all_test_lists.extend(t.test.iter().map(|p| p.input.clone()));
-            }
-        }
+        assert_eq!(t.train, t.pairs, "{}: all pairs are trained on", t.name);
+        assert_eq!(t.test.len(), 15);
+        assert!(t.test.iter().all(|p| t.pairs.contains(p)));
     }
+    // Extractive tasks (from other tools) hold their test inputs out of training.
+    let lists = last_word_task(&s);
+    let n = lists.pairs.len();
     assert_eq!(
-        all_test_lists.len(),
-        300,
-        "the extractive tasks share one split"
+        (lists.train.len(), lists.test.len()),
+        (n - tasks::test_count(n), tasks::test_count(n))
     );
-    assert!(
-        all_test_lists.is_disjoint(&all_train_lists),
-        "a test list occurs in an extractive train split"
-    );
+    let mut union: Vec<&Pair> = lists.train.iter().chain(&lists.test).collect();
+    union.sort_by(|a, b| a.input.cmp(&b.input));
+    let mut pairs: Vec<&Pair> = lists.pairs.iter().collect();
+    pairs.sort_by(|a, b| a.input.cmp(&b.input));
+    assert_eq!(union, pairs, "train + test = all pairs");
+    let train: HashSet<&str> = lists.train.iter().map(|p| p.input.as_str()).collect();
+    assert!(lists.test.iter().all(|p| !train.contains(p.input.as_str())));
+    assert_eq!(tasks::test_count(48), 15);
     assert_eq!(tasks::test_count(96), 29);
     assert_eq!(tasks::test_count(1000), 300);
     assert_eq!(tasks::test_count(10), 3);
@@ -381,10 +381,10 @@ fn evaluation_prompts_are_deterministic_and_never_show_the_query() {
         assert_ne!(a, tasks::eval_prompts(t, 5, s.seed + 1));
     }
     let mut rng = tasks::Rng::stream(0, "train");
-    let first = s.task("first").unwrap();
+    let lists = last_word_task(&s);
     for _ in 0..50 {
-        let (demos, q) = tasks::train_episode(first, 4, &mut rng);
-        assert!(first.train.contains(q) && !first.test.contains(q));
+        let (demos, q) = tasks::train_episode(&lists, 4, &mut rng);
+        assert!(lists.train.contains(q) && !lists.test.contains(q));
         assert_eq!(demos.len(), 4);
     }
 }
@@ -401,20 +401,29 @@ fn write_load_round_trip() {
     assert_eq!(files(&a), files(&b));
     // tokenizer.json loads through the project's tokenizer as a file too.
     let tok = Gpt2Tokenizer::load_dir(&a).unwrap();
-    assert_eq!(tok.vocab_size(), 308);
+    assert_eq!(tok.vocab_size(), tasks::NUM_WORDS + 8);
     // The pair files are function_vectors' format.
     let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(a.join("extractive/middle.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(a.join("abstractive/size.json")).unwrap()).unwrap();
     let first = &v.as_array().unwrap()[0];
     assert_eq!(first.as_object().unwrap().len(), 2);
-    assert!(first["input"].as_str().unwrap().contains(", "));
+    assert!(first["input"].is_string() && first["output"].is_string());
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(a.join("suite.json")).unwrap()).unwrap();
     assert_eq!(meta["seed"], 3);
-    assert_eq!(meta["vocab_size"], 308);
-    assert_eq!(meta["tasks"].as_array().unwrap().len(), 7);
-    assert_eq!(meta["tasks"][4]["kind"], "extractive");
-    assert_eq!(meta["tasks"][4]["test"], 300);
+    assert_eq!(meta["format"], "revattn-tasks/2");
+    assert_eq!(meta["vocab_size"], tasks::NUM_WORDS + 8);
+    assert_eq!(meta["tasks"].as_array().unwrap().len(), 6);
+    assert_eq!(meta["tasks"][5]["name"], "size");
+    assert_eq!(meta["tasks"][5]["test"], 15);
+
+    // A suite with an extractive task written by another tool loads, lists and all.
+    let mut with_lists = s.clone();
+    with_lists.tasks.push(last_word_task(&s));
+    let c = tmp.path().join("c");
+    tasks::write(&with_lists, &c).unwrap();
+    assert!(c.join("extractive/last.json").is_file());
+    assert_eq!(tasks::load(&c).unwrap(), with_lists);
 }
 
 #[test]
@@ -437,17 +446,18 @@ fn bad_suites_give_one_line_errors_naming_the_file() {
     };
     corrupt("suite.json", b"{not json", "not a valid file");
     corrupt(
-        "abstractive/copy.json",
+        "abstractive/color.json",
         b"[{\"input\": 1}]",
         "not a valid file",
     );
-    corrupt("extractive/last.json", b"[]", "0 pairs");
+    corrupt("abstractive/size.json", b"[]", "0 pairs");
     corrupt("tokenizer.json", b"{}", "tokenizer.json");
-    let two_words = serde_json::to_vec(&[Pair::new("volu", "two words")]).unwrap();
+    let known = tasks::generate(0).words[0].clone();
+    let two_words = serde_json::to_vec(&[Pair::new(known, "two words")]).unwrap();
     let mut meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("suite.json")).unwrap()).unwrap();
     let good_meta = serde_json::to_vec(&meta).unwrap();
-    meta["tasks"][3]["pairs"] = 1.into();
+    meta["tasks"][2]["pairs"] = 1.into();
     std::fs::write(dir.join("suite.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
     corrupt(
         "abstractive/category.json",
@@ -456,9 +466,9 @@ fn bad_suites_give_one_line_errors_naming_the_file() {
     );
     std::fs::write(dir.join("suite.json"), good_meta).unwrap();
     tasks::load(&dir).unwrap();
-    std::fs::remove_file(dir.join("extractive/first.json")).unwrap();
+    std::fs::remove_file(dir.join("abstractive/country.json")).unwrap();
     let e = tasks::load(&dir).unwrap_err();
-    assert!(one_line(&e).contains("first.json"), "{e}");
+    assert!(one_line(&e).contains("country.json"), "{e}");
     assert!(matches!(e, Error::Io { .. }));
 }
 
@@ -469,16 +479,8 @@ fn cli_writes_the_suite_and_leaves_nothing_on_failure() {
     let o = revattn(&["tasks", "--out", out.to_str().unwrap(), "--seed", "5"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(stdout.lines().count(), 8, "{stdout}");
-    for name in [
-        "copy",
-        "antonym",
-        "translation",
-        "category",
-        "first",
-        "middle",
-        "last",
-    ] {
+    assert_eq!(stdout.lines().count(), 7, "{stdout}");
+    for name in TASKS {
         assert!(stdout.contains(&format!("/{name}.json")), "{stdout}");
     }
     assert_eq!(tasks::load(&out).unwrap(), tasks::generate(5));
@@ -519,7 +521,7 @@ fn cli_writes_the_suite_and_leaves_nothing_on_failure() {
     std::fs::create_dir(&empty).unwrap();
     let o = revattn(&["tasks", "--out", empty.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(files(&empty).len(), 9);
+    assert_eq!(files(&empty).len(), 8);
 
     let help = revattn(&["tasks", "--help"]);
     let help = String::from_utf8_lossy(&help.stdout);

@@ -92,7 +92,7 @@ fn training_is_deterministic_resumable_and_writes_a_loadable_model() {
     let steps: Vec<usize> = st.evaluations.iter().map(|e| e.step).collect();
     assert_eq!(steps, vec![4, 8, 10]);
     let last = st.evaluations.last().unwrap();
-    assert_eq!(last.per_task.len(), 7 * 2);
+    assert_eq!(last.per_task.len(), 6 * 2);
     assert!(
         last.per_task.iter().all(|a| a.queries > 8),
         "the final evaluation uses every query"
