@@ -12,8 +12,8 @@ suite's split), so its numbers are comparable with revattn's, not identical.
 It found the recipe problems of version 1 of the suite (copy vs antonym, first/middle/last: not
 learned by 3-layer models, whatever the width, depth or learning rate) in minutes instead of hours,
 and checks the shipped suite: 5-shot 1.00 from about step 1,000. The shipped model must still come
-from `revattn train` (assets/default-model/MODEL_CARD.md, which also records that revattn's run
-learns more slowly per step than this script, for a cause not yet found).
+from `revattn train` (assets/default-model/MODEL_CARD.md). To compare a revattn run with PyTorch
+step by step, on the run's own weights and batches, use scripts/replay_train_torch.py.
 
     python3 scripts/train_torch.py --tasks assets/tasks --config 3,4,64 --steps 2200 --batch 24
 """
