@@ -9,7 +9,8 @@ llvmpipe keeps a kernel's accumulators in SIMD registers (or its stack) only whe
 them is a constant; with loops over them it addresses them through memory and runs at half the
 speed (measured on lavapipe, docs/BENCHMARKS.md), and subgroupBroadcast needs a constant lane.
 WGSL has no macros, so this script writes the unrolled bodies. Run it from the repository root
-after editing; do not edit the outputs by hand.
+after editing; do not edit the outputs by hand. `--check` writes nothing and exits 1 if a
+committed output is stale (tests/generated.rs runs it).
 """
 
 ROWS = 64  # tile rows: 8 groups of 8 (one A row per lane per group)
@@ -315,7 +316,18 @@ fn key_value_backward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgrou
 
 
 if __name__ == "__main__":
-    with open("shaders/linear_subgroup_wide.wgsl", "w") as f:
-        f.write(header() + nn() + nt())
-    with open("shaders/attention_subgroup.wgsl", "w") as f:
-        f.write(attention())
+    import sys
+
+    outputs = {
+        "shaders/linear_subgroup_wide.wgsl": header() + nn() + nt(),
+        "shaders/attention_subgroup.wgsl": attention(),
+    }
+    if sys.argv[1:] == ["--check"]:
+        # Exit 1 if a committed output differs from what this script writes (tests/generated.rs).
+        stale = [path for path, text in outputs.items() if open(path).read() != text]
+        for path in stale:
+            print(f"{path} differs from scripts/gen_unrolled_kernels.py's output; regenerate it")
+        sys.exit(1 if stale else 0)
+    for path, text in outputs.items():
+        with open(path, "w") as f:
+            f.write(text)
