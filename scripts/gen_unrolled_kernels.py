@@ -226,21 +226,8 @@ fn softmax_forward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_i
             m = max(m, s);
         }
     }
-    if (!live) {
-        return;
-    }
-    var sum = 0.0;
-    for (var j = 0u; j <= i; j++) {
-        let e = exp(att_out[row + j] - m);
-        att_out[row + j] = e;
-        sum += e;
-    }
-    let inv = 1.0 / sum;
-    for (var j = 0u; j <= i; j++) {
-        att_out[row + j] *= inv;
-    }
-    for (var j = i + 1u; j < p.t; j++) {
-        att_out[row + j] = 0.0;
+    if (live) {
+        softmax_finish_row(row, i, m);
     }
 }
 """
@@ -259,14 +246,8 @@ fn scores_backward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_i
             r += att[row + j] * da;
         }
     }
-    if (!live) {
-        return;
-    }
-    for (var j = 0u; j <= i; j++) {
-        ra_out[row + j] = att[row + j] * (ra_out[row + j] - r) * p.scale;
-    }
-    for (var j = i + 1u; j < p.t; j++) {
-        ra_out[row + j] = 0.0;
+    if (live) {
+        ra_finish_row(row, i, r);
     }
 }
 """

@@ -360,6 +360,37 @@ fn key_value_backward_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
 // thread, so a 64-wide workgroup per row wastes the idle lanes of short rows and pays for every
 // barrier of its reductions; a row per invocation has neither). Grid: (ceil(T/64), NH, B).
 
+// The end of a one-row-per-invocation softmax (the `*_rows` and `*_sg` kernels): att_out[row..]
+// holds the scaled scores S[i, 0..=i] with maximum m; leaves A[i, ·] = softmax(S[i, ·]) there,
+// 0 above the diagonal.
+fn softmax_finish_row(row: u32, i: u32, m: f32) {
+    var sum = 0.0;
+    for (var j = 0u; j <= i; j++) {
+        let e = exp(att_out[row + j] - m);
+        att_out[row + j] = e;
+        sum += e;
+    }
+    let inv = 1.0 / sum;
+    for (var j = 0u; j <= i; j++) {
+        att_out[row + j] *= inv;
+    }
+    for (var j = i + 1u; j < p.t; j++) {
+        att_out[row + j] = 0.0;
+    }
+}
+
+// The end of a one-row score backward: ra_out[row..] holds dA[i, 0..=i] and r = Σ_j A[i,j]·dA[i,j];
+// leaves R[i, ·] = A ⊙ (dA − r) / sqrt(hs) there (differentiates A = softmax(Q·Kᵀ/sqrt(hs))), 0
+// above the diagonal.
+fn ra_finish_row(row: u32, i: u32, r: f32) {
+    for (var j = 0u; j <= i; j++) {
+        ra_out[row + j] = att[row + j] * (ra_out[row + j] - r) * p.scale;
+    }
+    for (var j = i + 1u; j < p.t; j++) {
+        ra_out[row + j] = 0.0;
+    }
+}
+
 @compute @workgroup_size(64)
 fn softmax_forward_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
@@ -383,19 +414,7 @@ fn softmax_forward_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
         att_out[row + j] = s;
         m = max(m, s);
     }
-    var sum = 0.0;
-    for (var j = 0u; j <= i; j++) {
-        let e = exp(att_out[row + j] - m);
-        att_out[row + j] = e;
-        sum += e;
-    }
-    let inv = 1.0 / sum;
-    for (var j = 0u; j <= i; j++) {
-        att_out[row + j] *= inv;
-    }
-    for (var j = i + 1u; j < p.t; j++) {
-        att_out[row + j] = 0.0;
-    }
+    softmax_finish_row(row, i, m);
 }
 
 @compute @workgroup_size(64)
@@ -425,10 +444,5 @@ fn scores_backward_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
         ra_out[row + j] = da;
         r += att[row + j] * da;
     }
-    for (var j = 0u; j <= i; j++) {
-        ra_out[row + j] = att[row + j] * (ra_out[row + j] - r) * p.scale;
-    }
-    for (var j = i + 1u; j < p.t; j++) {
-        ra_out[row + j] = 0.0;
-    }
+    ra_finish_row(row, i, r);
 }

@@ -442,7 +442,7 @@ impl Weights {
 
     /// The matrices that `--weights f16` stores in half precision (wte and each block's four
     /// Conv1D weights), mutably: rounding them here gives the exact weights such a run uses.
-    pub fn f16_matrices_mut(&mut self) -> Vec<&mut Tensor> {
+    fn f16_matrices_mut(&mut self) -> Vec<&mut Tensor> {
         let mut out = vec![&mut self.wte];
         for l in &mut self.layers {
             out.extend([
