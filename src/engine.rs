@@ -167,20 +167,18 @@ impl GpuWeights {
     /// Uploads the weights, the matrices (wte and the Conv1D weights) in `format`.
     fn upload(ctx: &GpuContext, model: &Model, format: WeightFormat) -> Result<Self> {
         let w = &model.weights;
-        let up = |name: &str, t: &Tensor| {
-            let buffer = ctx.upload(name, t.data());
-            t.release_resident_pages();
-            buffer
-        };
-        let store = |name: &str, data: &[f32]| match format {
+        let store = |name: &str, data: &[f32], as_format: WeightFormat| match as_format {
             WeightFormat::F32 => ctx.upload(name, data),
             WeightFormat::F16 => ctx.upload(name, &f16_bits(data)),
         };
-        let matrix = |name: &str, t: &Tensor| {
-            let buffer = store(name, t.data());
+        // Once a tensor is on the adapter its pages of the mapped checkpoint can go.
+        let put = |name: &str, t: &Tensor, as_format: WeightFormat| {
+            let buffer = store(name, t.data(), as_format);
             t.release_resident_pages();
             buffer
         };
+        let up = |name: &str, t: &Tensor| put(name, t, WeightFormat::F32);
+        let matrix = |name: &str, t: &Tensor| put(name, t, format);
         let c = model.config.n_embd;
         let max_rows = vocab_chunk_rows(ctx.max_binding_bytes(), c, format);
         let v = model.config.vocab_size;
@@ -189,7 +187,11 @@ impl GpuWeights {
             .map(|row0| {
                 let rows = max_rows.min(v - row0);
                 VocabChunk {
-                    buffer: store("wte chunk", &w.wte.data()[row0 * c..(row0 + rows) * c]),
+                    buffer: store(
+                        "wte chunk",
+                        &w.wte.data()[row0 * c..(row0 + rows) * c],
+                        format,
+                    ),
                     row0,
                     rows,
                 }
