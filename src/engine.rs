@@ -1,6 +1,7 @@
 //! The scheduler: uploads a model once, allocates the activations once per batch shape, and
-//! records the whole forward + backward as one plan of dispatches (one encoder, one compute pass,
-//! one submit). Only the tensors the caller asks for are read back.
+//! records the whole forward + backward as one plan of dispatches (one encoder, one submit; one
+//! compute pass, split only where a GEMM's operands are staged into textures). Only the tensors the
+//! caller asks for are read back.
 //!
 //! prompt → `loss::Sequence` → embedding → L × (LN1 → c_attn → attention → c_proj + residual →
 //! LN2 → c_fc → gelu → c_proj + residual) → ln_f → lm_head at the loss rows → loss →
@@ -21,10 +22,14 @@ use crate::layers::embedding::{token_index, Embedding, EmbeddingGrads, VocabChun
 use crate::layers::gelu::Gelu;
 use crate::layers::layernorm::{LayerNorm, LayerNormSaved};
 use crate::layers::linear::{Gemm, GemmOp, Linear, Operand};
-use crate::layers::{Plan, PlanBuilder, WeightFormat};
+use crate::layers::{Plan, PlanBuilder, ScratchTexture, WeightFormat};
 use crate::loss::{LossPlan, Sequence, TrainBatch};
 use crate::model::{f16_bits, GptConfig, Model, Tensor, Weights};
 use crate::pass::{Backend, ForwardOptions, PassOutput, PassTimings, Readback};
+
+/// Up to this many loss rows, the lm_head stages each wte chunk into a texture once per pass and
+/// runs one-row kernels on it (`Linear::gemm_with_staged_b`); more rows take the tile GEMMs.
+const LM_HEAD_STAGED_ROWS: usize = 8;
 
 /// Every kernel, compiled once per engine.
 pub struct Kernels {
@@ -434,8 +439,8 @@ impl Workspace {
             bytes: 0,
             key,
         };
-        ws.bytes = allocated.get();
         ws.plan = ws.build_plan(ctx, k, w, grads, cfg);
+        ws.bytes = allocated.get() + ws.plan.texture_bytes();
         ws
     }
 
@@ -561,8 +566,27 @@ impl Workspace {
                 Operand::new(&self.ln_f_rows, c)
             }
         };
-        for chunk in &w.wte {
-            k.weight_gemms().gemm(
+        // At a few rows the lm_head is a GEMV over wte: fetched from textures it is several times
+        // faster on CPU adapters, so each chunk is staged once for the forward and the backward.
+        let staged_wte: Vec<Option<ScratchTexture>> = w
+            .wte
+            .iter()
+            .enumerate()
+            .map(|(i, chunk)| {
+                (r <= LM_HEAD_STAGED_ROWS)
+                    .then(|| {
+                        k.weight_gemms().stage_weights(
+                            p,
+                            2 + i as u8,
+                            &chunk.buffer,
+                            chunk.rows * c,
+                        )
+                    })
+                    .flatten()
+            })
+            .collect();
+        for (chunk, &staged) in w.wte.iter().zip(&staged_wte) {
+            k.weight_gemms().gemm_with_staged_b(
                 p,
                 "lm_head_forward",
                 &Gemm {
@@ -577,6 +601,7 @@ impl Workspace {
                     residual: None,
                     accumulate: false,
                 },
+                staged,
             );
         }
         k.cross_entropy.forward_backward(
@@ -594,8 +619,8 @@ impl Workspace {
 
         // ---- backward ----
         // dln_f_rows (R, C) = dlogits · wte, differentiating logits = x·wteᵀ in x; summed over chunks.
-        for (i, chunk) in w.wte.iter().enumerate() {
-            k.weight_gemms().gemm(
+        for (i, (chunk, &staged)) in w.wte.iter().zip(&staged_wte).enumerate() {
+            k.weight_gemms().gemm_with_staged_b(
                 p,
                 "lm_head_backward",
                 &Gemm {
@@ -610,6 +635,7 @@ impl Workspace {
                     residual: None,
                     accumulate: i > 0,
                 },
+                staged,
             );
         }
         if let Some(g) = grads {
@@ -791,6 +817,66 @@ impl Workspace {
     }
 }
 
+/// Bytes of the scratch textures a one-sequence plan stages GEMM operands into (the same rules
+/// as `Linear::gemm` and `Linear::stage_weights`): slot 0 holds the largest A operand, slot 1 the
+/// largest B operand, and at ≤ `LM_HEAD_STAGED_ROWS` loss rows one slot per wte chunk.
+fn scratch_texture_bytes(
+    cfg: &GptConfig,
+    t: usize,
+    rows: usize,
+    backward: bool,
+    format: WeightFormat,
+    chunk_rows: usize,
+    max_texels: u64,
+) -> u64 {
+    use crate::layers::linear::{staged_weight_texels, texture_spans};
+    use crate::layers::TEXTURE_ROW_TEXELS;
+    let (c, f, v) = (cfg.n_embd, cfg.n_inner, cfg.vocab_size);
+    let ld = |x: usize| x as u32;
+    // (op, (M, N, K), (lda, a_off), (ldb, b_off)) of every GEMM that may stage its operands
+    let mut gemms = vec![];
+    for (k, n) in [(c, 3 * c), (c, c), (c, f), (f, c)] {
+        gemms.push((GemmOp::NN, (t, n, k), (ld(k), 0), (ld(n), 0)));
+        if backward {
+            // dx (t, k) = dy (t, n) · Wᵀ
+            gemms.push((GemmOp::NT, (t, k, n), (ld(n), 0), (ld(n), 0)));
+        }
+    }
+    let chunks: Vec<usize> = (0..v)
+        .step_by(chunk_rows)
+        .map(|r0| chunk_rows.min(v - r0))
+        .collect();
+    let mut wte_slots = 0;
+    let texture_rows = |texels: u64| texels.div_ceil(TEXTURE_ROW_TEXELS);
+    if rows <= LM_HEAD_STAGED_ROWS {
+        wte_slots = chunks
+            .iter()
+            .filter_map(|&n| staged_weight_texels(n * c, max_texels))
+            .map(texture_rows)
+            .sum::<u64>();
+    } else {
+        for (i, &n) in chunks.iter().enumerate() {
+            let row0 = ld(i * chunk_rows);
+            gemms.push((GemmOp::NT, (rows, n, c), (ld(c), 0), (ld(c), 0)));
+            if backward {
+                gemms.push((GemmOp::NN, (rows, c, n), (ld(v), row0), (ld(c), 0)));
+            }
+        }
+    }
+    let (mut a_max, mut b_max) = (0, 0);
+    for (op, shape, a, b) in gemms {
+        if let Some((a_texels, b_texels, _)) = texture_spans(op, shape, a, b, max_texels) {
+            a_max = a_max.max(a_texels);
+            b_max = b_max.max(b_texels);
+        }
+    }
+    let row_bytes = |texel_bytes: u64| TEXTURE_ROW_TEXELS * texel_bytes;
+    let weight_texel = 4 * format.bytes_per_weight() as u64;
+    // a texture exists only if something is staged into it
+    let slot = |texels: u64, texel_bytes: u64| texture_rows(texels) * row_bytes(texel_bytes);
+    slot(a_max, 16) + slot(b_max, weight_texel) + wte_slots * row_bytes(weight_texel)
+}
+
 /// What running one sequence needs on the adapter, computed before anything is allocated (the
 /// same buffers `Engine::new` and a one-sequence workspace create, each rounded to 16 bytes).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -801,16 +887,38 @@ pub struct MemoryEstimate {
     pub largest_buffer: u64,
 }
 
+/// What of the adapter shapes the engine's buffers: the binding limit (wte's chunks) and, where
+/// the GEMMs stage operands into textures, how many texels a scratch texture holds.
+#[derive(Debug, Clone, Copy)]
+pub struct AdapterLimits {
+    pub max_binding: u64,
+    pub scratch_texels: Option<u64>,
+}
+
+impl AdapterLimits {
+    pub fn of(ctx: &GpuContext) -> Self {
+        AdapterLimits {
+            max_binding: ctx.max_binding_bytes(),
+            scratch_texels: crate::layers::linear::texture_gemms_available(ctx)
+                .then(|| crate::layers::max_scratch_texels(ctx)),
+        }
+    }
+}
+
 impl MemoryEstimate {
     /// One sequence of `t` tokens whose loss reads `rows` rows, with or without the backward.
+    /// Exact, except that ≥ 8 loss rows are counted as if their lm_head GEMMs staged operands
+    /// into textures, which rows starting at an unaligned position do not.
     pub fn for_sequence(
         cfg: &GptConfig,
         t: usize,
         rows: usize,
         backward: bool,
         weights: WeightFormat,
-        max_binding: u64,
+        limits: AdapterLimits,
     ) -> Self {
+        let max_binding = limits.max_binding;
+        let weight_format = weights;
         let (c, f, nh, v, nl) = (
             cfg.n_embd,
             cfg.n_inner,
@@ -897,9 +1005,20 @@ impl MemoryEstimate {
             .copied()
             .max()
             .unwrap_or(0);
+        let textures = limits.scratch_texels.map_or(0, |max_texels| {
+            scratch_texture_bytes(
+                cfg,
+                t,
+                rows,
+                backward,
+                weight_format,
+                chunk_rows,
+                max_texels,
+            )
+        });
         MemoryEstimate {
             weights,
-            workspace: sizes.iter().sum(),
+            workspace: sizes.iter().sum::<u64>() + textures,
             largest_buffer,
         }
     }
@@ -1073,15 +1192,9 @@ impl Engine {
     fn execute(&self, label: &str, after: Option<&Plan>) -> Result<(Instant, Instant)> {
         let ws = self.workspace();
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(label),
-                timestamp_writes: None,
-            });
-            ws.plan.record(&mut pass);
-            if let Some(after) = after {
-                after.record(&mut pass);
-            }
+        ws.plan.record(&mut enc, label);
+        if let Some(after) = after {
+            after.record(&mut enc, label);
         }
         let recorded = Instant::now();
         self.ctx.queue.submit([enc.finish()]);
@@ -1212,9 +1325,9 @@ impl Engine {
         })
     }
 
-    /// Times every dispatch of the plan that ran last (`run` or `run_batch`) on its own (one
-    /// submit each) and sums the times per kernel label, slowest first: where a pass spends its
-    /// time. Returns (label, dispatches, total ms).
+    /// Times every step of the plan that ran last (`run` or `run_batch`) on its own (one submit
+    /// each) and sums the times per kernel label (texture stagings as "stage_texture"), slowest
+    /// first: where a pass spends its time. Returns (label, steps, total ms).
     pub fn profile_last(&self) -> Result<Vec<(String, usize, f64)>> {
         let Some(ws) = self.workspaces.last() else {
             return Err(crate::Error::Input(
@@ -1222,24 +1335,20 @@ impl Engine {
             ));
         };
         let mut totals: Vec<(String, usize, f64)> = Vec::new();
-        for d in &ws.plan.dispatches {
+        for (i, step) in ws.plan.steps.iter().enumerate() {
             let start = Instant::now();
             let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                pass.set_pipeline(&d.pipeline);
-                pass.set_bind_group(0, &d.bind_group, &[]);
-                pass.dispatch_workgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
-            }
+            ws.plan.record_step(i, &mut enc);
             self.ctx.queue.submit([enc.finish()]);
             self.ctx.wait()?;
             let ms = start.elapsed().as_secs_f64() * 1e3;
-            match totals.iter_mut().find(|(l, _, _)| l == d.label) {
+            let label = step.label();
+            match totals.iter_mut().find(|(l, _, _)| l == label) {
                 Some(entry) => {
                     entry.1 += 1;
                     entry.2 += ms;
                 }
-                None => totals.push((d.label.to_string(), 1, ms)),
+                None => totals.push((label.to_string(), 1, ms)),
             }
         }
         self.ctx.check("profiling")?;

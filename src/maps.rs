@@ -9,7 +9,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::json;
 
-use crate::engine::{Engine, MemoryEstimate};
+use crate::engine::{AdapterLimits, Engine, MemoryEstimate};
 use crate::error::{Error, Result};
 use crate::gpu::{BackendChoice, GpuContext};
 use crate::layers::WeightFormat;
@@ -87,7 +87,7 @@ fn open_backend_for<'m>(
         seq.loss.rows.len(),
         true,
         weights,
-        ctx.max_binding_bytes(),
+        AdapterLimits::of(&ctx),
     );
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     eprintln!(

@@ -264,7 +264,7 @@ fn the_memory_estimate_matches_the_buffers_the_engine_holds() {
                 seq.loss.rows.len(),
                 true,
                 format,
-                engine.ctx.max_binding_bytes(),
+                revattn::engine::AdapterLimits::of(&engine.ctx),
             );
             let tag = format!("{name} {} {}", kind.name(), format.as_str());
             println!(

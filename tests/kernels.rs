@@ -11,13 +11,20 @@ use revattn::layers::cross_entropy::{gpu_terms, CrossEntropy};
 use revattn::layers::embedding::{Embedding, VocabChunk};
 use revattn::layers::gelu::Gelu;
 use revattn::layers::layernorm::{LayerNorm, LayerNormSaved};
-use revattn::layers::linear::{Gemm, GemmOp, Linear, Operand};
+use revattn::layers::linear::{Gemm, GemmKernels, GemmOp, Linear, Operand};
 use revattn::layers::{execute, PlanBuilder, WeightFormat};
 use revattn::loss::{LossKind, Sequence};
 use revattn::model::f16_bits;
 use revattn::reference;
 
 const REL_TOL: f64 = 2e-5;
+
+/// Every GEMM family, fastest first; on adapters without 8-lane subgroups all three are portable.
+const FAMILIES: [GemmKernels; 3] = [
+    GemmKernels::Texture,
+    GemmKernels::Subgroup,
+    GemmKernels::Portable,
+];
 
 fn read(ctx: &GpuContext, buf: &wgpu::Buffer, n: usize) -> Vec<f32> {
     ctx.read_f32(&[(buf, n)]).unwrap().remove(0)
@@ -32,10 +39,16 @@ fn run(ctx: &GpuContext, build: impl FnOnce(&mut PlanBuilder)) {
 #[test]
 fn linear_forward_and_backward_match_reference() {
     let ctx = gpu();
-    for subgroups in [true, false] {
-        let linear = Linear::with_subgroup_kernels(&ctx, subgroups);
-        println!("subgroup kernels: {}", subgroups && ctx.subgroups_of_8);
-        check_linear(&ctx, &linear, WeightFormat::F32);
+    for kernels in FAMILIES {
+        println!(
+            "{kernels:?} kernels (subgroups of 8: {})",
+            ctx.subgroups_of_8
+        );
+        check_linear(
+            &ctx,
+            &Linear::with_kernels(&ctx, kernels, WeightFormat::F32),
+            WeightFormat::F32,
+        );
     }
 }
 
@@ -44,10 +57,16 @@ fn linear_forward_and_backward_match_reference() {
 #[test]
 fn linear_with_f16_weights_matches_reference() {
     let ctx = gpu();
-    for subgroups in [true, false] {
-        let linear = Linear::with_options(&ctx, subgroups, WeightFormat::F16);
-        println!("subgroup kernels: {}", subgroups && ctx.subgroups_of_8);
-        check_linear(&ctx, &linear, WeightFormat::F16);
+    for kernels in FAMILIES {
+        println!(
+            "{kernels:?} kernels (subgroups of 8: {})",
+            ctx.subgroups_of_8
+        );
+        check_linear(
+            &ctx,
+            &Linear::with_kernels(&ctx, kernels, WeightFormat::F16),
+            WeightFormat::F16,
+        );
     }
 }
 
@@ -94,6 +113,11 @@ fn check_linear(ctx: &GpuContext, linear: &Linear, format: WeightFormat) {
         (70, 36, 132),
         (131, 64, 20),
         (64, 8, 68),
+        // texture kernels: 8 rows and more, M ragged against the 16-row tile, K = 4, odd K in Aᵀ·B
+        (8, 4, 4),
+        (21, 44, 52),
+        (11, 20, 36),
+        (23, 132, 8),
     ];
     for &(m, k, n) in &shapes {
         let x = rng.vec(m * k, 1.0);
@@ -189,12 +213,21 @@ fn lm_head_gemms_over_vocab_chunks_match_reference() {
     ] {
         for format in [WeightFormat::F32, WeightFormat::F16] {
             let linear = Linear::with_options(&ctx, subgroups, format);
-            check_lm_head(&ctx, &linear, c, r, format);
+            for staged in [false, true] {
+                check_lm_head(&ctx, &linear, c, r, format, staged);
+            }
         }
     }
 }
 
-fn check_lm_head(ctx: &GpuContext, linear: &Linear, c: usize, r: usize, format: WeightFormat) {
+fn check_lm_head(
+    ctx: &GpuContext,
+    linear: &Linear,
+    c: usize,
+    r: usize,
+    format: WeightFormat,
+    staged: bool,
+) {
     let mut rng = Rng(2);
     let (t, v, row0) = (14, 203, 4);
     let x = rng.vec(t * c, 1.0); // (T, C) ln_f output
@@ -212,8 +245,19 @@ fn check_lm_head(ctx: &GpuContext, linear: &Linear, c: usize, r: usize, format: 
     let logits = ctx.storage("logits", 4 * (r * v) as u64);
     let dx = ctx.storage("dx", 4 * (r * c) as u64);
     run(ctx, |p| {
-        for (&(s, n), buf) in chunks.iter().zip(&chunk_bufs) {
-            linear.gemm(
+        // As the engine does at a few loss rows: each chunk staged once, read by both GEMMs.
+        let staged: Vec<_> = chunks
+            .iter()
+            .zip(&chunk_bufs)
+            .enumerate()
+            .map(|(i, (&(_, n), buf))| {
+                staged
+                    .then(|| linear.stage_weights(p, 2 + i as u8, buf, n * c))
+                    .flatten()
+            })
+            .collect();
+        for ((&(s, n), buf), &staged) in chunks.iter().zip(&chunk_bufs).zip(&staged) {
+            linear.gemm_with_staged_b(
                 p,
                 "lm_head_forward",
                 &Gemm {
@@ -228,10 +272,13 @@ fn check_lm_head(ctx: &GpuContext, linear: &Linear, c: usize, r: usize, format: 
                     residual: None,
                     accumulate: false,
                 },
+                staged,
             );
         }
-        for (i, (&(s, n), buf)) in chunks.iter().zip(&chunk_bufs).enumerate() {
-            linear.gemm(
+        for (i, ((&(s, n), buf), &staged)) in
+            chunks.iter().zip(&chunk_bufs).zip(&staged).enumerate()
+        {
+            linear.gemm_with_staged_b(
                 p,
                 "lm_head_backward",
                 &Gemm {
@@ -246,6 +293,7 @@ fn check_lm_head(ctx: &GpuContext, linear: &Linear, c: usize, r: usize, format: 
                     residual: None,
                     accumulate: i > 0,
                 },
+                staged,
             );
         }
     });
@@ -259,7 +307,7 @@ fn check_lm_head(ctx: &GpuContext, linear: &Linear, c: usize, r: usize, format: 
     }
     assert_close(
         &format!(
-            "lm_head logits = x[rows]·wteᵀ (4 chunks) C{c} R{r} ({} wte)",
+            "lm_head logits = x[rows]·wteᵀ (4 chunks) C{c} R{r} ({} wte, staged {staged})",
             format.as_str()
         ),
         &read(ctx, &logits, r * v),
@@ -278,7 +326,7 @@ fn check_lm_head(ctx: &GpuContext, linear: &Linear, c: usize, r: usize, format: 
     );
     assert_close(
         &format!(
-            "lm_head dx = dlogits·wte (accumulated) C{c} R{r} ({} wte)",
+            "lm_head dx = dlogits·wte (accumulated) C{c} R{r} ({} wte, staged {staged})",
             format.as_str()
         ),
         &read(ctx, &dx, r * c),

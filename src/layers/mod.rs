@@ -1,6 +1,7 @@
 //! One Rust module per GPT-2 layer, each next to its WGSL file under `shaders/` with the forward and
 //! backward kernels side by side. A module compiles its pipelines once (`new`) and appends its
-//! dispatches to a [`PlanBuilder`]; the engine records a whole plan into one compute pass.
+//! dispatches to a [`PlanBuilder`]; the engine records a whole plan into one command buffer (one
+//! compute pass, or a few where GEMM operands are staged into textures between them).
 
 pub mod attention;
 pub mod cross_entropy;
@@ -123,6 +124,12 @@ pub fn with_f16_storage(source: &str, name: &str) -> String {
 /// (256 is the largest `min_uniform_buffer_offset_alignment` any backend requires).
 const PARAM_SLOT: u64 = 256;
 
+/// Texels per row of a scratch texture. An operand's vec4 number i is texel (i mod 1024, i / 1024)
+/// (`shaders/linear_texture.wgsl`), so one copy of whole rows (16 KiB of f32, a multiple of the
+/// 256-byte row pitch copies need) plus one partial row stages any operand; with 16384 rows (the
+/// usual 2-D limit) a texture holds 64 M values, a GPT-2 wte chunk.
+pub const TEXTURE_ROW_TEXELS: u64 = 1024;
+
 /// A dispatch ready to record: created once per plan, replayed on every call.
 pub struct Dispatch {
     pub label: &'static str,
@@ -131,36 +138,171 @@ pub struct Dispatch {
     pub workgroups: [u32; 3],
 }
 
+impl Dispatch {
+    fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.workgroups[0], self.workgroups[1], self.workgroups[2]);
+    }
+}
+
+/// Names one of a plan's scratch textures: a slot (one per operand a kernel reads as a texture)
+/// and a texel format. All stagings into the same scratch texture share it, in plan order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScratchTexture {
+    pub slot: u8,
+    pub format: wgpu::TextureFormat,
+}
+
+impl ScratchTexture {
+    fn texel_bytes(self) -> u64 {
+        self.format.block_copy_size(None).expect("a color format") as u64
+    }
+}
+
+/// A copy of `texels` texels of `source` from `byte_offset` into the front of a scratch texture.
+pub struct Staging {
+    source: wgpu::Buffer,
+    byte_offset: u64,
+    texels: u64,
+    target: usize,
+}
+
+impl Staging {
+    fn record(&self, enc: &mut wgpu::CommandEncoder, textures: &[(ScratchTexture, wgpu::Texture)]) {
+        let (scratch, texture) = &textures[self.target];
+        let row_bytes = TEXTURE_ROW_TEXELS * scratch.texel_bytes();
+        let full_rows = self.texels / TEXTURE_ROW_TEXELS;
+        let rest = self.texels % TEXTURE_ROW_TEXELS;
+        // whole rows, then the partial last row
+        for (first_row, width, height) in [
+            (0, TEXTURE_ROW_TEXELS, full_rows),
+            (full_rows, rest, u64::from(rest > 0)),
+        ] {
+            if height == 0 {
+                continue;
+            }
+            enc.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: &self.source,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: self.byte_offset + first_row * row_bytes,
+                        bytes_per_row: Some(row_bytes as u32),
+                        rows_per_image: None,
+                    },
+                },
+                wgpu::TexelCopyTextureInfo {
+                    texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d {
+                        x: 0,
+                        y: first_row as u32,
+                        z: 0,
+                    },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                wgpu::Extent3d {
+                    width: width as u32,
+                    height: height as u32,
+                    depth_or_array_layers: 1,
+                },
+            );
+        }
+    }
+}
+
+/// One step of a plan, in order.
+pub enum Step {
+    Dispatch(Dispatch),
+    /// A copy from a buffer into a scratch texture, between compute passes.
+    Stage(Staging),
+}
+
+impl Step {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Step::Dispatch(d) => d.label,
+            Step::Stage(_) => "stage_texture",
+        }
+    }
+}
+
+enum PendingResource {
+    Buffer(wgpu::Buffer),
+    Scratch(ScratchTexture),
+}
+
 struct PendingDispatch {
     label: &'static str,
     pipeline: wgpu::ComputePipeline,
     params_offset: u64,
     params_size: u64,
-    buffers: Vec<(u32, wgpu::Buffer)>,
+    resources: Vec<(u32, PendingResource)>,
     workgroups: [u32; 3],
 }
 
-/// Collects dispatches (pipeline, parameters, storage bindings, grid); `finish` packs all
-/// parameters into one uniform buffer and creates the bind groups.
+enum PendingStep {
+    Dispatch(PendingDispatch),
+    Stage {
+        source: wgpu::Buffer,
+        byte_offset: u64,
+        texels: u64,
+        target: ScratchTexture,
+    },
+}
+
+/// Collects dispatches (pipeline, parameters, storage bindings, grid) and texture stagings;
+/// `finish` packs all parameters into one uniform buffer, creates the scratch textures and the
+/// bind groups.
 pub struct PlanBuilder<'a> {
     ctx: &'a GpuContext,
     params: Vec<u8>,
-    pending: Vec<PendingDispatch>,
+    pending: Vec<PendingStep>,
 }
 
-/// A recorded-once sequence of dispatches and the uniform buffer their parameters live in.
+/// A recorded-once sequence of steps, the uniform buffer their parameters live in and the scratch
+/// textures they stage operands into.
 pub struct Plan {
-    pub dispatches: Vec<Dispatch>,
+    pub steps: Vec<Step>,
+    textures: Vec<(ScratchTexture, wgpu::Texture)>,
     _params: wgpu::Buffer,
 }
 
 impl Plan {
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        for d in &self.dispatches {
-            pass.set_pipeline(&d.pipeline);
-            pass.set_bind_group(0, &d.bind_group, &[]);
-            pass.dispatch_workgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
+    /// Records the plan: runs of dispatches each in one compute pass, stagings between them.
+    pub fn record(&self, enc: &mut wgpu::CommandEncoder, label: &str) {
+        let mut i = 0;
+        while i < self.steps.len() {
+            if let Step::Stage(s) = &self.steps[i] {
+                s.record(enc, &self.textures);
+                i += 1;
+                continue;
+            }
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(label),
+                timestamp_writes: None,
+            });
+            while let Some(Step::Dispatch(d)) = self.steps.get(i) {
+                d.record(&mut pass);
+                i += 1;
+            }
         }
+    }
+
+    /// Records step `i` alone (kernel profiles).
+    pub fn record_step(&self, i: usize, enc: &mut wgpu::CommandEncoder) {
+        match &self.steps[i] {
+            Step::Stage(s) => s.record(enc, &self.textures),
+            Step::Dispatch(d) => d.record(&mut enc.begin_compute_pass(&Default::default())),
+        }
+    }
+
+    /// Bytes of the scratch textures.
+    pub fn texture_bytes(&self) -> u64 {
+        self.textures
+            .iter()
+            .map(|(s, t)| u64::from(t.width()) * u64::from(t.height()) * s.texel_bytes())
+            .sum()
     }
 }
 
@@ -187,21 +329,60 @@ impl<'a> PlanBuilder<'a> {
         buffers: &[(u32, &wgpu::Buffer)],
         workgroups: [u32; 3],
     ) {
+        self.dispatch_with_textures(label, pipeline, params, buffers, &[], workgroups);
+    }
+
+    /// `dispatch` with scratch textures bound too, as they hold after the stagings before it.
+    pub fn dispatch_with_textures<P: bytemuck::Pod>(
+        &mut self,
+        label: &'static str,
+        pipeline: &wgpu::ComputePipeline,
+        params: &P,
+        buffers: &[(u32, &wgpu::Buffer)],
+        textures: &[(u32, ScratchTexture)],
+        workgroups: [u32; 3],
+    ) {
         let bytes = bytemuck::bytes_of(params);
         debug_assert!(bytes.len() as u64 <= PARAM_SLOT && bytes.len() % 16 == 0);
         let params_offset = self.params.len() as u64;
         self.params.extend_from_slice(bytes);
         self.params.resize((params_offset + PARAM_SLOT) as usize, 0);
-        self.pending.push(PendingDispatch {
+        let resources = buffers
+            .iter()
+            .map(|(b, buf)| (*b, PendingResource::Buffer((*buf).clone())))
+            .chain(
+                textures
+                    .iter()
+                    .map(|(b, t)| (*b, PendingResource::Scratch(*t))),
+            )
+            .collect();
+        self.pending.push(PendingStep::Dispatch(PendingDispatch {
             label,
             pipeline: pipeline.clone(),
             params_offset,
             params_size: bytes.len() as u64,
-            buffers: buffers
-                .iter()
-                .map(|(b, buf)| (*b, (*buf).clone()))
-                .collect(),
+            resources,
             workgroups,
+        }));
+    }
+
+    /// Copies `texels` texels of `source`, starting at `byte_offset` (a multiple of the texel
+    /// size), into the front of `target`. The caller checks `texels` against
+    /// `max_scratch_texels`.
+    pub fn stage(
+        &mut self,
+        target: ScratchTexture,
+        source: &wgpu::Buffer,
+        byte_offset: u64,
+        texels: u64,
+    ) {
+        debug_assert!(byte_offset % target.texel_bytes() == 0);
+        debug_assert!(texels <= max_scratch_texels(self.ctx));
+        self.pending.push(PendingStep::Stage {
+            source: source.clone(),
+            byte_offset,
+            texels,
+            target,
         });
     }
 
@@ -214,40 +395,105 @@ impl<'a> PlanBuilder<'a> {
             mapped_at_creation: false,
         });
         ctx.queue.write_buffer(&params, 0, &self.params);
-        let dispatches = self
+        // Each scratch texture holds the largest operand staged into it.
+        let mut rows: Vec<(ScratchTexture, u64)> = Vec::new();
+        for step in &self.pending {
+            if let PendingStep::Stage { texels, target, .. } = step {
+                let need = texels.div_ceil(TEXTURE_ROW_TEXELS).max(1);
+                match rows.iter_mut().find(|(t, _)| t == target) {
+                    Some((_, r)) => *r = (*r).max(need),
+                    None => rows.push((*target, need)),
+                }
+            }
+        }
+        let textures: Vec<(ScratchTexture, wgpu::Texture)> = rows
+            .into_iter()
+            .map(|(scratch, rows)| {
+                let texture = ctx.device.create_texture(&wgpu::TextureDescriptor {
+                    label: Some("scratch operand"),
+                    size: wgpu::Extent3d {
+                        width: TEXTURE_ROW_TEXELS as u32,
+                        height: rows as u32,
+                        depth_or_array_layers: 1,
+                    },
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format: scratch.format,
+                    usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+                    view_formats: &[],
+                });
+                (scratch, texture)
+            })
+            .collect();
+        let views: Vec<wgpu::TextureView> = textures
+            .iter()
+            .map(|(_, t)| t.create_view(&Default::default()))
+            .collect();
+        let find = |s: &ScratchTexture| {
+            textures
+                .iter()
+                .position(|(t, _)| t == s)
+                .expect("a scratch texture is staged before it is bound")
+        };
+        let steps = self
             .pending
             .into_iter()
-            .map(|d| {
-                let mut entries = vec![wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &params,
-                        offset: d.params_offset,
-                        size: wgpu::BufferSize::new(d.params_size),
-                    }),
-                }];
-                entries.extend(d.buffers.iter().map(|(binding, buf)| wgpu::BindGroupEntry {
-                    binding: *binding,
-                    resource: buf.as_entire_binding(),
-                }));
-                let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(d.label),
-                    layout: &d.pipeline.get_bind_group_layout(0),
-                    entries: &entries,
-                });
-                Dispatch {
-                    label: d.label,
-                    pipeline: d.pipeline,
-                    bind_group,
-                    workgroups: d.workgroups,
+            .map(|step| match step {
+                PendingStep::Stage {
+                    source,
+                    byte_offset,
+                    texels,
+                    target,
+                } => Step::Stage(Staging {
+                    source,
+                    byte_offset,
+                    texels,
+                    target: find(&target),
+                }),
+                PendingStep::Dispatch(d) => {
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &params,
+                            offset: d.params_offset,
+                            size: wgpu::BufferSize::new(d.params_size),
+                        }),
+                    }];
+                    entries.extend(d.resources.iter().map(|(binding, r)| wgpu::BindGroupEntry {
+                        binding: *binding,
+                        resource: match r {
+                            PendingResource::Buffer(buf) => buf.as_entire_binding(),
+                            PendingResource::Scratch(s) => {
+                                wgpu::BindingResource::TextureView(&views[find(s)])
+                            }
+                        },
+                    }));
+                    let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some(d.label),
+                        layout: &d.pipeline.get_bind_group_layout(0),
+                        entries: &entries,
+                    });
+                    Step::Dispatch(Dispatch {
+                        label: d.label,
+                        pipeline: d.pipeline,
+                        bind_group,
+                        workgroups: d.workgroups,
+                    })
                 }
             })
             .collect();
         Plan {
-            dispatches,
+            steps,
+            textures,
             _params: params,
         }
     }
+}
+
+/// The most texels one scratch texture can hold on this device.
+pub fn max_scratch_texels(ctx: &GpuContext) -> u64 {
+    TEXTURE_ROW_TEXELS * u64::from(ctx.limits.max_texture_dimension_2d)
 }
 
 /// Splits `n` workgroups over x and y so that neither exceeds the 65 535 per-dimension limit.
@@ -271,13 +517,10 @@ pub fn pipelines<const N: usize>(
     entries.map(|e| ctx.pipeline(&module, e))
 }
 
-/// Records `plan` into one compute pass, submits it and waits (tests, one-off work).
+/// Records `plan`, submits it and waits (tests, one-off work).
 pub fn execute(ctx: &GpuContext, plan: &Plan) -> crate::Result<()> {
     let mut enc = ctx.device.create_command_encoder(&Default::default());
-    {
-        let mut pass = enc.begin_compute_pass(&Default::default());
-        plan.record(&mut pass);
-    }
+    plan.record(&mut enc, "plan");
     ctx.queue.submit([enc.finish()]);
     ctx.wait()?;
     ctx.check("executing a plan")
