@@ -120,7 +120,7 @@ pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
         )));
     }
     let setup = Instant::now();
-    let mut engine = Engine::with_weights(GpuContext::new(args.backend)?, &model, args.weights)?;
+    let mut engine = Engine::for_inference(GpuContext::new(args.backend)?, &model, args.weights)?;
     let setup_ms = setup.elapsed().as_secs_f64() * 1e3;
     println!("machine  {}", machine());
     println!("adapter  {}", engine.ctx.describe());
@@ -413,7 +413,9 @@ pub struct GemmRow {
 /// Times each GEMM shape of the model at sequence length `t` (forward y = x·W, backward dx = dy·Wᵀ,
 /// weight gradients dW = xᵀ·dy as training runs them, and the lm_head row), `reps` dispatches in
 /// one submit, best of 3 submits. Operand B of the nn and nt shapes is a weight matrix, stored as
-/// `weights`; the tn shapes (training) are always f32.
+/// `weights` where `Engine::for_inference` keeps it (a texture read in place on CPU adapters);
+/// the tn shapes (training) are always f32 buffers. Each time includes the staging of operands
+/// into textures that the texture kernels need.
 pub fn gemm_throughput(
     ctx: &GpuContext,
     cfg: &crate::model::GptConfig,
@@ -421,11 +423,18 @@ pub fn gemm_throughput(
     reps: usize,
     weights: WeightFormat,
 ) -> Result<Vec<GemmRow>> {
-    use crate::layers::linear::{Gemm, GemmOp, Linear, Operand};
-    use crate::layers::{execute, PlanBuilder};
+    use crate::layers::linear::{
+        texel_format, texture_gemms_available, weights_fit_textures, Gemm, GemmOp, Linear, Operand,
+        Weight,
+    };
+    use crate::layers::{execute, max_scratch_texels, PlanBuilder};
     let f32_linear = Linear::new(ctx);
     let weight_linear = (weights != WeightFormat::F32).then(|| Linear::for_weights(ctx, weights));
     let (c, f, v) = (cfg.n_embd, cfg.n_inner, cfg.vocab_size);
+    // B of the nn and nt shapes as `Engine::for_inference` stores the weights: a texture where
+    // the texture GEMMs read the matrices in place, else a buffer.
+    let textured =
+        texture_gemms_available(ctx) && weights_fit_textures(c, f, max_scratch_texels(ctx));
     use GemmOp::{NN, NT, TN};
     // (name, M, K, N, op): C (M×N) = op(A) (M×K) · op(B) (K×N)
     let shapes: Vec<(&str, usize, usize, usize, GemmOp)> = vec![
@@ -456,24 +465,43 @@ pub fn gemm_throughput(
             (NN | NT, Some(l)) => l,
             _ => &f32_linear,
         };
+        let weight_texture = (textured && op != TN && m > 1).then(|| {
+            let bytes = vec![0u8; k * n * weights.bytes_per_weight()];
+            ctx.upload_texels("bench weight", &bytes, texel_format(weights))
+        });
         let mut plan = PlanBuilder::new(ctx);
         for _ in 0..reps {
-            linear.gemm(
-                &mut plan,
-                "bench",
-                &Gemm {
-                    m,
-                    n,
-                    k,
-                    a: Operand::new(&a, lda),
-                    b: Operand::new(&b, ldb),
-                    op,
-                    c: Operand::new(&out, n),
-                    bias: None,
-                    residual: None,
-                    accumulate: false,
-                },
-            );
+            match (&weight_texture, op) {
+                (Some(w), NN) => linear.forward(
+                    &mut plan,
+                    &out,
+                    &a,
+                    Weight::Texture(w),
+                    None,
+                    None,
+                    (m, k, n),
+                ),
+                // dx (m, n) = dy (m, k) · Wᵀ with W (n, k)
+                (Some(w), _) => {
+                    linear.backward_input(&mut plan, &out, &a, Weight::Texture(w), (m, n, k))
+                }
+                (None, _) => linear.gemm(
+                    &mut plan,
+                    "bench",
+                    &Gemm {
+                        m,
+                        n,
+                        k,
+                        a: Operand::new(&a, lda),
+                        b: Operand::new(&b, ldb),
+                        op,
+                        c: Operand::new(&out, n),
+                        bias: None,
+                        residual: None,
+                        accumulate: false,
+                    },
+                ),
+            }
         }
         let plan = plan.finish();
         execute(ctx, &plan)?; // JIT + warm-up

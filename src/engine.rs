@@ -21,8 +21,10 @@ use crate::layers::cross_entropy::{gpu_terms, CrossEntropy};
 use crate::layers::embedding::{token_index, Embedding, EmbeddingGrads, VocabChunk};
 use crate::layers::gelu::Gelu;
 use crate::layers::layernorm::{LayerNorm, LayerNormSaved};
-use crate::layers::linear::{Gemm, GemmOp, Linear, Operand};
-use crate::layers::{Plan, PlanBuilder, ScratchTexture, WeightFormat};
+use crate::layers::linear::{
+    texture_gemms_available, weights_fit_textures, Gemm, GemmOp, Linear, Operand, Weight,
+};
+use crate::layers::{max_scratch_texels, Plan, PlanBuilder, ScratchTexture, WeightFormat};
 use crate::loss::{LossPlan, Sequence, TrainBatch};
 use crate::model::{f16_bits, GptConfig, Model, Tensor, Weights};
 use crate::pass::{Backend, ForwardOptions, PassOutput, PassTimings, Readback};
@@ -67,18 +69,51 @@ impl Kernels {
     }
 }
 
+/// A Conv1D weight matrix on the adapter, in the weights' format.
+enum Matrix {
+    /// A storage buffer: every GEMM family reads it, and training updates it.
+    Buffer(wgpu::Buffer),
+    /// A texture in the texture GEMMs' layout (inference engines on CPU adapters), read in place
+    /// instead of being copied into a scratch texture by every GEMM of every pass.
+    Texture { view: wgpu::TextureView, bytes: u64 },
+}
+
+impl Matrix {
+    fn weight(&self) -> Weight<'_> {
+        match self {
+            Matrix::Buffer(b) => Weight::Buffer(b),
+            Matrix::Texture { view, .. } => Weight::Texture(view),
+        }
+    }
+
+    /// The buffer of a trainable engine's matrix (`Engine::new` keeps every matrix in one).
+    fn buffer(&self) -> &wgpu::Buffer {
+        match self {
+            Matrix::Buffer(b) => b,
+            Matrix::Texture { .. } => unreachable!("only inference engines hold weight textures"),
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        match self {
+            Matrix::Buffer(b) => b.size(),
+            Matrix::Texture { bytes, .. } => *bytes,
+        }
+    }
+}
+
 struct GpuLayer {
     ln_1_w: wgpu::Buffer,      // (C)
     ln_1_b: wgpu::Buffer,      // (C)
-    attn_w: wgpu::Buffer,      // (C, 3C)
+    attn_w: Matrix,            // (C, 3C)
     attn_b: wgpu::Buffer,      // (3C)
-    attn_proj_w: wgpu::Buffer, // (C, C)
+    attn_proj_w: Matrix,       // (C, C)
     attn_proj_b: wgpu::Buffer, // (C)
     ln_2_w: wgpu::Buffer,      // (C)
     ln_2_b: wgpu::Buffer,      // (C)
-    fc_w: wgpu::Buffer,        // (C, F)
+    fc_w: Matrix,              // (C, F)
     fc_b: wgpu::Buffer,        // (F)
-    fc_proj_w: wgpu::Buffer,   // (F, C)
+    fc_proj_w: Matrix,         // (F, C)
     fc_proj_b: wgpu::Buffer,   // (C)
 }
 
@@ -91,22 +126,38 @@ struct GpuWeights {
 }
 
 impl GpuLayer {
-    /// The 12 tensors in `LayerWeights::named` order.
+    /// The 12 tensors in `LayerWeights::named` order (a trainable engine's: all buffers).
     fn buffers(&self) -> [&wgpu::Buffer; 12] {
         [
             &self.ln_1_w,
             &self.ln_1_b,
-            &self.attn_w,
+            self.attn_w.buffer(),
             &self.attn_b,
-            &self.attn_proj_w,
+            self.attn_proj_w.buffer(),
             &self.attn_proj_b,
             &self.ln_2_w,
             &self.ln_2_b,
-            &self.fc_w,
+            self.fc_w.buffer(),
             &self.fc_b,
-            &self.fc_proj_w,
+            self.fc_proj_w.buffer(),
             &self.fc_proj_b,
         ]
+    }
+
+    fn bytes(&self) -> u64 {
+        let vectors = [
+            &self.ln_1_w,
+            &self.ln_1_b,
+            &self.attn_b,
+            &self.attn_proj_b,
+            &self.ln_2_w,
+            &self.ln_2_b,
+            &self.fc_b,
+            &self.fc_proj_b,
+        ];
+        let matrices = [&self.attn_w, &self.attn_proj_w, &self.fc_w, &self.fc_proj_w];
+        vectors.iter().map(|b| b.size()).sum::<u64>()
+            + matrices.iter().map(|m| m.bytes()).sum::<u64>()
     }
 }
 
@@ -123,32 +174,33 @@ impl GpuWeights {
         out
     }
 
-    /// Every buffer, wte chunks included.
-    fn all_buffers(&self) -> Vec<&wgpu::Buffer> {
-        let mut out: Vec<&wgpu::Buffer> = self.wte.iter().map(|c| &c.buffer).collect();
-        out.extend(self.buffers().into_iter().skip(1));
-        out
+    /// Bytes of every buffer and texture, wte chunks included.
+    fn bytes(&self) -> u64 {
+        let wte: u64 = self.wte.iter().map(|c| c.buffer.size()).sum();
+        let layers: u64 = self.layers.iter().map(GpuLayer::bytes).sum();
+        wte + layers + self.wpe.size() + self.ln_f_w.size() + self.ln_f_b.size()
     }
 
     /// Zero-filled buffers of the same shapes and chunking (the gradients).
     fn zeros_like(ctx: &GpuContext, w: &GpuWeights, cfg: &GptConfig) -> Self {
         let c = cfg.n_embd;
         let z = |label: &str, b: &wgpu::Buffer| ctx.storage(label, b.size());
+        let zm = |label: &str, m: &Matrix| Matrix::Buffer(z(label, m.buffer()));
         let layers = w
             .layers
             .iter()
             .map(|l| GpuLayer {
                 ln_1_w: z("grad ln_1.weight", &l.ln_1_w),
                 ln_1_b: z("grad ln_1.bias", &l.ln_1_b),
-                attn_w: z("grad attn.c_attn.weight", &l.attn_w),
+                attn_w: zm("grad attn.c_attn.weight", &l.attn_w),
                 attn_b: z("grad attn.c_attn.bias", &l.attn_b),
-                attn_proj_w: z("grad attn.c_proj.weight", &l.attn_proj_w),
+                attn_proj_w: zm("grad attn.c_proj.weight", &l.attn_proj_w),
                 attn_proj_b: z("grad attn.c_proj.bias", &l.attn_proj_b),
                 ln_2_w: z("grad ln_2.weight", &l.ln_2_w),
                 ln_2_b: z("grad ln_2.bias", &l.ln_2_b),
-                fc_w: z("grad mlp.c_fc.weight", &l.fc_w),
+                fc_w: zm("grad mlp.c_fc.weight", &l.fc_w),
                 fc_b: z("grad mlp.c_fc.bias", &l.fc_b),
-                fc_proj_w: z("grad mlp.c_proj.weight", &l.fc_proj_w),
+                fc_proj_w: zm("grad mlp.c_proj.weight", &l.fc_proj_w),
                 fc_proj_b: z("grad mlp.c_proj.bias", &l.fc_proj_b),
             })
             .collect();
@@ -169,8 +221,14 @@ impl GpuWeights {
         }
     }
 
-    /// Uploads the weights, the matrices (wte and the Conv1D weights) in `format`.
-    fn upload(ctx: &GpuContext, model: &Model, format: WeightFormat) -> Result<Self> {
+    /// Uploads the weights, the matrices (wte and the Conv1D weights) in `format`; the Conv1D
+    /// matrices as textures where `textures` (an inference engine on a CPU adapter).
+    fn upload(
+        ctx: &GpuContext,
+        model: &Model,
+        format: WeightFormat,
+        textures: bool,
+    ) -> Result<Self> {
         let w = &model.weights;
         let store = |name: &str, data: &[f32], as_format: WeightFormat| match as_format {
             WeightFormat::F32 => ctx.upload(name, data),
@@ -183,7 +241,27 @@ impl GpuWeights {
             buffer
         };
         let up = |name: &str, t: &Tensor| put(name, t, WeightFormat::F32);
-        let matrix = |name: &str, t: &Tensor| put(name, t, format);
+        let matrix = |name: &str, t: &Tensor| {
+            if !textures {
+                return Matrix::Buffer(put(name, t, format));
+            }
+            let texel_format = crate::layers::linear::texel_format(format);
+            let view = match format {
+                WeightFormat::F32 => {
+                    ctx.upload_texels(name, bytemuck::cast_slice(t.data()), texel_format)
+                }
+                WeightFormat::F16 => ctx.upload_texels(
+                    name,
+                    bytemuck::cast_slice(&f16_bits(t.data())),
+                    texel_format,
+                ),
+            };
+            t.release_resident_pages();
+            Matrix::Texture {
+                view,
+                bytes: texture_bytes(t.data().len(), format),
+            }
+        };
         let c = model.config.n_embd;
         let max_rows = vocab_chunk_rows(ctx.max_binding_bytes(), c, format);
         let v = model.config.vocab_size;
@@ -235,6 +313,16 @@ impl GpuWeights {
         ctx.check("uploading the weights")?;
         Ok(weights)
     }
+}
+
+/// Bytes of the texture `GpuContext::upload_texels` makes for `weights` weights of `format`.
+fn texture_bytes(weights: usize, format: WeightFormat) -> u64 {
+    let texel = 4 * format.bytes_per_weight() as u64;
+    let row = texel * crate::layers::TEXTURE_ROW_TEXELS;
+    (weights as u64 * format.bytes_per_weight() as u64)
+        .div_ceil(row)
+        .max(1)
+        * row
 }
 
 /// Rows per wte chunk: as many as one binding holds, a multiple of 64 rows.
@@ -492,7 +580,7 @@ impl Workspace {
                 p,
                 &self.qkv[l],
                 ln_1_out,
-                &lw.attn_w,
+                lw.attn_w.weight(),
                 Some(&lw.attn_b),
                 None,
                 (n, c, 3 * c),
@@ -503,7 +591,7 @@ impl Workspace {
                 p,
                 &self.mid[l],
                 z,
-                &lw.attn_proj_w,
+                lw.attn_proj_w.weight(),
                 Some(&lw.attn_proj_b),
                 Some(h_in),
                 (n, c, c),
@@ -523,7 +611,7 @@ impl Workspace {
                 p,
                 &self.fc_pre[l],
                 ln_2_out,
-                &lw.fc_w,
+                lw.fc_w.weight(),
                 Some(&lw.fc_b),
                 None,
                 (n, c, f),
@@ -533,7 +621,7 @@ impl Workspace {
                 p,
                 h_out,
                 fc_act,
-                &lw.fc_proj_w,
+                lw.fc_proj_w.weight(),
                 Some(&lw.fc_proj_b),
                 Some(&self.mid[l]),
                 (n, f, c),
@@ -696,12 +784,17 @@ impl Workspace {
             let dh_out = &self.dhidden[l + 1];
             let lg = grads.map(|g| &g.layers[l]);
             // MLP: h_out = mid + gelu(LN2(mid)·W_fc + b_fc)·W_proj + b_proj
-            k.weight_gemms()
-                .backward_input(p, &self.d_fc_act, dh_out, &lw.fc_proj_w, (n, f, c));
+            k.weight_gemms().backward_input(
+                p,
+                &self.d_fc_act,
+                dh_out,
+                lw.fc_proj_w.weight(),
+                (n, f, c),
+            );
             if let Some(lg) = lg {
                 k.linear.backward_weights(
                     p,
-                    &lg.fc_proj_w,
+                    lg.fc_proj_w.buffer(),
                     &lg.fc_proj_b,
                     self.fc_act.at(l),
                     dh_out,
@@ -710,12 +803,17 @@ impl Workspace {
             }
             k.gelu
                 .backward(p, &self.d_fc_pre, &self.d_fc_act, &self.fc_pre[l], n * f);
-            k.weight_gemms()
-                .backward_input(p, &self.d_ln, &self.d_fc_pre, &lw.fc_w, (n, c, f));
+            k.weight_gemms().backward_input(
+                p,
+                &self.d_ln,
+                &self.d_fc_pre,
+                lw.fc_w.weight(),
+                (n, c, f),
+            );
             if let Some(lg) = lg {
                 k.linear.backward_weights(
                     p,
-                    &lg.fc_w,
+                    lg.fc_w.buffer(),
                     &lg.fc_b,
                     self.ln_2_out.at(l),
                     &self.d_fc_pre,
@@ -741,12 +839,17 @@ impl Workspace {
                 ln.backward_params(p, &lg.ln_2_w, &lg.ln_2_b, &self.d_ln, 0..n, &saved, c);
             }
             // Attention: mid = h_in + Z·W_o + b_o;  G = dmid·W_oᵀ
-            k.weight_gemms()
-                .backward_input(p, &self.dz, &self.dmid, &lw.attn_proj_w, (n, c, c));
+            k.weight_gemms().backward_input(
+                p,
+                &self.dz,
+                &self.dmid,
+                lw.attn_proj_w.weight(),
+                (n, c, c),
+            );
             if let Some(lg) = lg {
                 k.linear.backward_weights(
                     p,
-                    &lg.attn_proj_w,
+                    lg.attn_proj_w.buffer(),
                     &lg.attn_proj_b,
                     self.z.at(l),
                     &self.dmid,
@@ -761,12 +864,17 @@ impl Workspace {
                 &self.attention_buffers(l),
                 shape(l),
             );
-            k.weight_gemms()
-                .backward_input(p, &self.d_ln, &self.dqkv, &lw.attn_w, (n, c, 3 * c));
+            k.weight_gemms().backward_input(
+                p,
+                &self.d_ln,
+                &self.dqkv,
+                lw.attn_w.weight(),
+                (n, c, 3 * c),
+            );
             if let Some(lg) = lg {
                 k.linear.backward_weights(
                     p,
-                    &lg.attn_w,
+                    lg.attn_w.buffer(),
                     &lg.attn_b,
                     self.ln_1_out.at(l),
                     &self.dqkv,
@@ -822,10 +930,9 @@ impl Workspace {
 /// largest B operand, and at ≤ `LM_HEAD_STAGED_ROWS` loss rows one slot per wte chunk.
 fn scratch_texture_bytes(
     cfg: &GptConfig,
-    t: usize,
-    rows: usize,
-    backward: bool,
+    (t, rows, backward): (usize, usize, bool),
     format: WeightFormat,
+    textured_weights: bool,
     chunk_rows: usize,
     max_texels: u64,
 ) -> u64 {
@@ -833,13 +940,18 @@ fn scratch_texture_bytes(
     use crate::layers::TEXTURE_ROW_TEXELS;
     let (c, f, v) = (cfg.n_embd, cfg.n_inner, cfg.vocab_size);
     let ld = |x: usize| x as u32;
-    // (op, (M, N, K), (lda, a_off), (ldb, b_off)) of every GEMM that may stage its operands
+    // (op, (M, N, K), (lda, a_off), (ldb, b_off), B staged) of every GEMM that may stage
     let mut gemms = vec![];
-    for (k, n) in [(c, 3 * c), (c, c), (c, f), (f, c)] {
-        gemms.push((GemmOp::NN, (t, n, k), (ld(k), 0), (ld(n), 0)));
-        if backward {
-            // dx (t, k) = dy (t, n) · Wᵀ
-            gemms.push((GemmOp::NT, (t, k, n), (ld(n), 0), (ld(n), 0)));
+    // Weights in textures: the GEMMs stage A only, at any number of rows; weights in buffers:
+    // both operands, from 8 rows on.
+    if textured_weights || t >= 8 {
+        for (k, n) in [(c, 3 * c), (c, c), (c, f), (f, c)] {
+            let stage_b = !textured_weights;
+            gemms.push((GemmOp::NN, (t, n, k), (ld(k), 0), (ld(n), 0), stage_b));
+            if backward {
+                // dx (t, k) = dy (t, n) · Wᵀ
+                gemms.push((GemmOp::NT, (t, k, n), (ld(n), 0), (ld(n), 0), stage_b));
+            }
         }
     }
     let chunks: Vec<usize> = (0..v)
@@ -857,17 +969,19 @@ fn scratch_texture_bytes(
     } else {
         for (i, &n) in chunks.iter().enumerate() {
             let row0 = ld(i * chunk_rows);
-            gemms.push((GemmOp::NT, (rows, n, c), (ld(c), 0), (ld(c), 0)));
+            gemms.push((GemmOp::NT, (rows, n, c), (ld(c), 0), (ld(c), 0), true));
             if backward {
-                gemms.push((GemmOp::NN, (rows, c, n), (ld(v), row0), (ld(c), 0)));
+                gemms.push((GemmOp::NN, (rows, c, n), (ld(v), row0), (ld(c), 0), true));
             }
         }
     }
     let (mut a_max, mut b_max) = (0, 0);
-    for (op, shape, a, b) in gemms {
+    for (op, shape, a, b, stage_b) in gemms {
         if let Some((a_texels, b_texels, _)) = texture_spans(op, shape, a, b, max_texels) {
             a_max = a_max.max(a_texels);
-            b_max = b_max.max(b_texels);
+            if stage_b {
+                b_max = b_max.max(b_texels);
+            }
         }
     }
     let row_bytes = |texel_bytes: u64| TEXTURE_ROW_TEXELS * texel_bytes;
@@ -877,8 +991,9 @@ fn scratch_texture_bytes(
     slot(a_max, 16) + slot(b_max, weight_texel) + wte_slots * row_bytes(weight_texel)
 }
 
-/// What running one sequence needs on the adapter, computed before anything is allocated (the
-/// same buffers `Engine::new` and a one-sequence workspace create, each rounded to 16 bytes).
+/// What running one sequence needs on the adapter, computed before anything is allocated: the
+/// buffers and textures `Engine::for_inference` and a one-sequence workspace create (buffers
+/// rounded to 16 bytes, textures to whole rows).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MemoryEstimate {
     pub weights: u64,
@@ -937,23 +1052,27 @@ impl MemoryEstimate {
             .step_by(chunk_rows)
             .map(|r0| m(chunk_rows.min(v - r0) * c))
             .collect();
-        let block = [
-            b(c),
-            b(c),
-            m(c * 3 * c),
-            b(3 * c),
-            m(c * c),
-            b(c),
-            b(c),
-            b(c),
-            m(c * f),
-            b(f),
-            m(f * c),
-            b(c),
-        ];
-        let weights = wte.iter().sum::<u64>()
+        // the Conv1D matrices: buffers, or textures (not buffers) for `Engine::for_inference`
+        // on a CPU adapter
+        let textured = limits
+            .scratch_texels
+            .is_some_and(|max_texels| weights_fit_textures(c, f, max_texels));
+        let matrices = [c * 3 * c, c * c, c * f, f * c].map(|n| {
+            if textured {
+                texture_bytes(n, weights)
+            } else {
+                m(n)
+            }
+        });
+        let vectors = [b(c), b(c), b(3 * c), b(c), b(c), b(c), b(f), b(c)];
+        let block: Vec<u64> = if textured {
+            vectors.to_vec()
+        } else {
+            vectors.iter().chain(&matrices).copied().collect()
+        };
+        let weights_bytes = wte.iter().sum::<u64>()
             + b(cfg.n_positions * c)
-            + nl as u64 * block.iter().sum::<u64>()
+            + nl as u64 * (vectors.iter().sum::<u64>() + matrices.iter().sum::<u64>())
             + 2 * b(c);
         let att = b(nh * t * t);
         let mut sizes = vec![
@@ -1008,16 +1127,15 @@ impl MemoryEstimate {
         let textures = limits.scratch_texels.map_or(0, |max_texels| {
             scratch_texture_bytes(
                 cfg,
-                t,
-                rows,
-                backward,
+                (t, rows, backward),
                 weight_format,
+                textured,
                 chunk_rows,
                 max_texels,
             )
         });
         MemoryEstimate {
-            weights,
+            weights: weights_bytes,
             workspace: sizes.iter().sum::<u64>() + textures,
             largest_buffer,
         }
@@ -1063,6 +1181,8 @@ pub struct Engine {
     weights: GpuWeights,
     /// How `weights` stores its matrices.
     format: WeightFormat,
+    /// Every matrix is an f32 buffer, so the optimizer can update it (`Engine::new`).
+    trainable: bool,
     /// dL/dθ for every parameter, allocated by the first pass that computes them.
     grads: Option<GpuWeights>,
     /// Workspaces by plan key, most recently used last; at most `workspace_limit`.
@@ -1087,16 +1207,25 @@ pub struct BatchOutput {
 }
 
 impl Engine {
-    /// Compiles the kernels and uploads the weights.
+    /// Compiles the kernels and uploads the weights as f32 buffers: an engine that runs every
+    /// pass, training included.
     pub fn new(ctx: GpuContext, model: &Model) -> Result<Self> {
-        Self::with_weights(ctx, model, WeightFormat::F32)
+        Self::build(ctx, model, WeightFormat::F32, false)
     }
 
-    /// Like [`Engine::new`], storing the weight matrices as `format` (f16 halves their memory;
-    /// such an engine runs forward and RA passes, not training).
-    pub fn with_weights(ctx: GpuContext, model: &Model, format: WeightFormat) -> Result<Self> {
+    /// An engine for forward and RA passes only, with the weight matrices stored as `format`
+    /// (f16 halves their memory) and, on CPU adapters where the model's shapes allow, the Conv1D
+    /// matrices kept as textures that the texture GEMMs read in place.
+    pub fn for_inference(ctx: GpuContext, model: &Model, format: WeightFormat) -> Result<Self> {
+        let c = &model.config;
+        let textures = texture_gemms_available(&ctx)
+            && weights_fit_textures(c.n_embd, c.n_inner, max_scratch_texels(&ctx));
+        Self::build(ctx, model, format, textures)
+    }
+
+    fn build(ctx: GpuContext, model: &Model, format: WeightFormat, textures: bool) -> Result<Self> {
         let kernels = Kernels::new(&ctx, format)?;
-        let weights = GpuWeights::upload(&ctx, model, format)?;
+        let weights = GpuWeights::upload(&ctx, model, format, textures)?;
         model.weights.release_resident_pages();
         Ok(Engine {
             ctx,
@@ -1104,6 +1233,7 @@ impl Engine {
             kernels,
             weights,
             format,
+            trainable: format == WeightFormat::F32 && !textures,
             grads: None,
             workspaces: Vec::new(),
             workspace_limit: 1,
@@ -1359,11 +1489,8 @@ impl Engine {
     /// Bytes of every GPU buffer the engine holds: weights, gradients and optimizer-free
     /// training buffers, and the cached workspaces (activations, maps).
     pub fn gpu_bytes(&self) -> u64 {
-        let weights: u64 = self.weights.all_buffers().iter().map(|b| b.size()).sum();
-        let grads: u64 = self
-            .grads
-            .as_ref()
-            .map_or(0, |g| g.all_buffers().iter().map(|b| b.size()).sum());
+        let weights = self.weights.bytes();
+        let grads: u64 = self.grads.as_ref().map_or(0, GpuWeights::bytes);
         let workspaces: u64 = self.workspaces.iter().map(|ws| ws.bytes).sum();
         weights + grads + workspaces
     }
@@ -1374,10 +1501,16 @@ impl Engine {
         if batch.b == 0 || batch.t == 0 {
             return bad("the batch is empty".into());
         }
-        if gradients && self.format != WeightFormat::F32 {
+        if gradients && !self.trainable {
             return bad(format!(
-                "training needs f32 weights; this engine stores them as {}",
-                self.format.as_str()
+                "training needs f32 weights in buffers (Engine::new); this inference engine \
+                 stores them as {}{}",
+                self.format.as_str(),
+                if self.format == WeightFormat::F32 {
+                    " textures"
+                } else {
+                    ""
+                }
             ));
         }
         if batch.ids.len() != batch.b * batch.t || batch.targets.len() != batch.b * batch.t {
@@ -1429,10 +1562,9 @@ impl Engine {
     /// Every parameter with its gradient buffer, in `Weights::named` order (for the optimizer).
     /// Allocates the gradient buffers if no pass has yet.
     pub fn parameters(&mut self) -> Vec<Parameter<'_>> {
-        assert_eq!(
-            self.format,
-            WeightFormat::F32,
-            "training needs the weights stored as f32"
+        assert!(
+            self.trainable,
+            "training needs the weights stored as f32 buffers (Engine::new)"
         );
         if self.grads.is_none() {
             self.grads = Some(GpuWeights::zeros_like(

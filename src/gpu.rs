@@ -33,6 +33,12 @@ impl BackendChoice {
     }
 }
 
+/// Texels per row of the textures the texture GEMMs read (`shaders/linear_texture.wgsl`): an
+/// operand's vec4 number i is texel (i mod 1024, i / 1024). Rows of 16 KiB of f32 are a multiple
+/// of the 256-byte row pitch buffer-texture copies need, and with 16384 rows (the usual 2-D
+/// limit) a texture holds 64 M values, a GPT-2 wte chunk.
+pub const TEXTURE_ROW_TEXELS: u64 = 1024;
+
 pub const NO_ADAPTER_HELP: &str = "no usable GPU adapter found; on Linux without a GPU install \
 lavapipe (software Vulkan): apt-get install -y mesa-vulkan-drivers libvulkan1, or try --backend gl";
 
@@ -248,6 +254,61 @@ impl GpuContext {
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,
             })
+    }
+
+    /// A texture holding `bytes` as texels of `format` in the texture GEMMs' layout (texel i at
+    /// (i mod `TEXTURE_ROW_TEXELS`, i / `TEXTURE_ROW_TEXELS`), the last row zero-padded): a
+    /// weight matrix they read without staging it every pass.
+    pub fn upload_texels(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        format: wgpu::TextureFormat,
+    ) -> wgpu::TextureView {
+        let texel_bytes = u64::from(format.block_copy_size(None).expect("a color format"));
+        let rows = (bytes.len() as u64)
+            .div_ceil(texel_bytes * TEXTURE_ROW_TEXELS)
+            .max(1);
+        let size = wgpu::Extent3d {
+            width: TEXTURE_ROW_TEXELS as u32,
+            height: rows as u32,
+            depth_or_array_layers: 1,
+        };
+        let texture = self.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some(label),
+            size,
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        });
+        let row_bytes = (texel_bytes * TEXTURE_ROW_TEXELS) as usize;
+        let mut padded;
+        let contents = if bytes.len() % row_bytes == 0 {
+            bytes
+        } else {
+            padded = bytes.to_vec();
+            padded.resize(rows as usize * row_bytes, 0);
+            &padded[..]
+        };
+        self.queue.write_texture(
+            wgpu::TexelCopyTextureInfo {
+                texture: &texture,
+                mip_level: 0,
+                origin: wgpu::Origin3d::ZERO,
+                aspect: wgpu::TextureAspect::All,
+            },
+            contents,
+            wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some(row_bytes as u32),
+                rows_per_image: None,
+            },
+            size,
+        );
+        texture.create_view(&Default::default())
     }
 
     /// Copies `(buffer, f32 count)` pairs to the host in one submit and one map.

@@ -98,7 +98,7 @@ fn open_backend_for<'m>(
         mib(need.workspace)
     );
     need.check(&ctx)?;
-    Ok(Box::new(Engine::with_weights(ctx, model, weights)?))
+    Ok(Box::new(Engine::for_inference(ctx, model, weights)?))
 }
 
 pub fn run(args: &MapsArgs) -> Result<MapsReport> {

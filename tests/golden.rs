@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use common::gpu;
 use revattn::engine::Engine;
+use revattn::layers::WeightFormat;
 use revattn::loss::{LossKind, LossRequest, Sequence};
 use revattn::model::Model;
 use revattn::pass::{Backend, ForwardOptions, PassOutput, Readback};
@@ -199,6 +200,15 @@ fn gpu_engine_matches_pytorch_goldens() {
         // One context for all models: the first model takes it, later ones open their own.
         let ctx = ctx.take().unwrap_or_else(gpu);
         Box::new(Engine::new(ctx, model).unwrap())
+    });
+}
+
+/// The engine for forward and RA passes (`maps`, `bench`): on CPU adapters its Conv1D weights
+/// live in textures and every GEMM takes the texture kernels.
+#[test]
+fn gpu_inference_engine_matches_pytorch_goldens() {
+    run_all("gpu inference", GPU_REL_TOL, |model| {
+        Box::new(Engine::for_inference(gpu(), model, WeightFormat::F32).unwrap())
     });
 }
 

@@ -254,7 +254,7 @@ fn the_memory_estimate_matches_the_buffers_the_engine_holds() {
             (LossKind::Nll, WeightFormat::F16),
         ] {
             let seq = sequence(&model, "I like Italy and France.", " Florence", kind, true);
-            let mut engine = Engine::with_weights(gpu(), &model, format).unwrap();
+            let mut engine = Engine::for_inference(gpu(), &model, format).unwrap();
             engine
                 .run(&seq, &ForwardOptions::default(), Readback::default())
                 .unwrap();
@@ -286,7 +286,7 @@ fn f16_weights_match_the_reference_on_rounded_weights() {
         let model = fixture(name);
         let mut rounded = fixture(name);
         rounded.weights.round_f16_matrices();
-        let mut engine = Engine::with_weights(gpu(), &model, WeightFormat::F16).unwrap();
+        let mut engine = Engine::for_inference(gpu(), &model, WeightFormat::F16).unwrap();
         let readback = Readback {
             hidden_grads: true,
             ..Readback::default()

@@ -11,8 +11,10 @@ use revattn::layers::cross_entropy::{gpu_terms, CrossEntropy};
 use revattn::layers::embedding::{Embedding, VocabChunk};
 use revattn::layers::gelu::Gelu;
 use revattn::layers::layernorm::{LayerNorm, LayerNormSaved};
-use revattn::layers::linear::{Gemm, GemmKernels, GemmOp, Linear, Operand};
-use revattn::layers::{execute, PlanBuilder, WeightFormat};
+use revattn::layers::linear::{
+    texel_format, weights_fit_textures, Gemm, GemmKernels, GemmOp, Linear, Operand, Weight,
+};
+use revattn::layers::{execute, max_scratch_texels, PlanBuilder, WeightFormat};
 use revattn::loss::{LossKind, Sequence};
 use revattn::model::f16_bits;
 use revattn::reference;
@@ -89,6 +91,14 @@ fn upload_weights(
     }
 }
 
+/// `seen` (values exactly representable in `format`) as `format` stores them.
+fn weight_bytes(seen: &[f32], format: WeightFormat) -> Vec<u8> {
+    match format {
+        WeightFormat::F32 => bytemuck::cast_slice(seen).to_vec(),
+        WeightFormat::F16 => bytemuck::cast_slice(&f16_bits(seen)).to_vec(),
+    }
+}
+
 fn check_linear(ctx: &GpuContext, linear: &Linear, format: WeightFormat) {
     let mut rng = Rng(1);
     // Shapes that are multiples of 4 take the subgroup kernels where the adapter has them.
@@ -138,8 +148,8 @@ fn check_linear(ctx: &GpuContext, linear: &Linear, format: WeightFormat) {
         let dout = rng.vec(m * n, 1.0);
         let doutb = ctx.upload("dout", &dout);
         run(ctx, |p| {
-            linear.forward(p, &out, &xb, &wb, Some(&bb), Some(&rb), (m, k, n));
-            linear.backward_input(p, &dx, &doutb, &wb, (m, k, n));
+            linear.forward(p, &out, &xb, (&wb).into(), Some(&bb), Some(&rb), (m, k, n));
+            linear.backward_input(p, &dx, &doutb, (&wb).into(), (m, k, n));
             // Weight gradients are f32-only (training keeps f32 weights).
             if format == WeightFormat::F32 {
                 linear.backward_weights(p, &dw, &db, &xb, &doutb, (m, k, n));
@@ -171,6 +181,36 @@ fn check_linear(ctx: &GpuContext, linear: &Linear, format: WeightFormat) {
             &want_dx,
             REL_TOL,
         );
+        // W kept in a texture, as inference engines on CPU adapters keep it (any M).
+        if linear.has_texture_kernels() && weights_fit_textures(k, n, max_scratch_texels(ctx)) {
+            let wt =
+                ctx.upload_texels("w texture", &weight_bytes(&w, format), texel_format(format));
+            run(ctx, |p| {
+                linear.forward(
+                    p,
+                    &out,
+                    &xb,
+                    Weight::Texture(&wt),
+                    Some(&bb),
+                    Some(&rb),
+                    (m, k, n),
+                );
+                linear.backward_input(p, &dx, &doutb, Weight::Texture(&wt), (m, k, n));
+            });
+            let tag = format!("{tag} W in a texture");
+            assert_close(
+                &format!("linear forward M{m} K{k} N{n} ({tag})"),
+                &read(ctx, &out, m * n),
+                &want,
+                REL_TOL,
+            );
+            assert_close(
+                &format!("linear backward_input M{m} K{k} N{n} ({tag})"),
+                &read(ctx, &dx, m * k),
+                &want_dx,
+                REL_TOL,
+            );
+        }
         if format != WeightFormat::F32 {
             continue;
         }

@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 use bytemuck::{Pod, Zeroable};
 
 use super::{
-    max_scratch_texels, pipelines, with_storage, PlanBuilder, ScratchTexture, WeightFormat,
+    max_scratch_texels, pipelines, with_storage, PlanBuilder, ScratchTexture, TextureBinding,
+    WeightFormat,
 };
 use crate::gpu::{GpuContext, KernelProfile};
 
@@ -59,6 +60,20 @@ impl<'a> Operand<'a> {
             offset: offset as u32,
             ..self
         }
+    }
+}
+
+/// A weight matrix operand (B of x·W and dy·Wᵀ): a storage buffer, or a texture in the texture
+/// GEMMs' layout (`GpuContext::upload_texels`), which only the texture family reads.
+#[derive(Clone, Copy)]
+pub enum Weight<'a> {
+    Buffer(&'a wgpu::Buffer),
+    Texture(&'a wgpu::TextureView),
+}
+
+impl<'a> From<&'a wgpu::Buffer> for Weight<'a> {
+    fn from(buffer: &'a wgpu::Buffer) -> Self {
+        Weight::Buffer(buffer)
     }
 }
 
@@ -206,6 +221,11 @@ impl Linear {
         }
     }
 
+    /// Whether this instance has the texture family (it reads `Weight::Texture`).
+    pub fn has_texture_kernels(&self) -> bool {
+        self.texture.is_some()
+    }
+
     /// out (M, N) = x (M, K) · w (K, N) + b (N) [+ residual (M, N)]
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
@@ -213,27 +233,23 @@ impl Linear {
         plan: &mut PlanBuilder,
         out: &wgpu::Buffer,
         x: &wgpu::Buffer,
-        w: &wgpu::Buffer,
+        w: Weight,
         b: Option<&wgpu::Buffer>,
         residual: Option<&wgpu::Buffer>,
         (m, k, n): (usize, usize, usize),
     ) {
-        self.gemm(
-            plan,
-            "linear_forward",
-            &Gemm {
-                m,
-                n,
-                k,
-                a: Operand::new(x, k),
-                b: Operand::new(w, n),
-                op: GemmOp::NN,
-                c: Operand::new(out, n),
-                bias: b,
-                residual,
-                accumulate: false,
-            },
-        );
+        self.weight_gemm(plan, "linear_forward", w, |w| Gemm {
+            m,
+            n,
+            k,
+            a: Operand::new(x, k),
+            b: Operand::new(w, n),
+            op: GemmOp::NN,
+            c: Operand::new(out, n),
+            bias: b,
+            residual,
+            accumulate: false,
+        });
     }
 
     /// dx (M, K) = dout (M, N) · wᵀ, differentiating out = x·w in x.
@@ -242,25 +258,44 @@ impl Linear {
         plan: &mut PlanBuilder,
         dx: &wgpu::Buffer,
         dout: &wgpu::Buffer,
-        w: &wgpu::Buffer,
+        w: Weight,
         (m, k, n): (usize, usize, usize),
     ) {
-        self.gemm(
-            plan,
-            "linear_backward_input",
-            &Gemm {
-                m,
-                n: k,
-                k: n,
-                a: Operand::new(dout, n),
-                b: Operand::new(w, n),
-                op: GemmOp::NT,
-                c: Operand::new(dx, k),
-                bias: None,
-                residual: None,
-                accumulate: false,
-            },
-        );
+        self.weight_gemm(plan, "linear_backward_input", w, |w| Gemm {
+            m,
+            n: k,
+            k: n,
+            a: Operand::new(dout, n),
+            b: Operand::new(w, n),
+            op: GemmOp::NT,
+            c: Operand::new(dx, k),
+            bias: None,
+            residual: None,
+            accumulate: false,
+        });
+    }
+
+    /// The GEMM `gemm_for(B's buffer)` with B = `w`. A texture `w` is read in place by the
+    /// texture kernels (its GEMM is described with a placeholder buffer for B).
+    fn weight_gemm<'g>(
+        &'g self,
+        plan: &mut PlanBuilder,
+        label: &'static str,
+        w: Weight<'g>,
+        gemm_for: impl FnOnce(&'g wgpu::Buffer) -> Gemm<'g>,
+    ) {
+        match w {
+            Weight::Buffer(buffer) => self.gemm(plan, label, &gemm_for(buffer)),
+            Weight::Texture(view) => {
+                let g = gemm_for(&self.unused);
+                let params = self.params(&g);
+                assert!(
+                    g.m > 0 && self.texture_gemm(plan, label, &g, &params, Some(view)),
+                    "{label}: a weight texture needs the texture kernels and vec4-aligned shapes \
+                     (see weights_fit_textures)"
+                );
+            }
+        }
     }
 
     /// dw (K, N) = xᵀ·dout and db (N) = Σ_rows dout, differentiating out = x·w + b in w and b.
@@ -364,7 +399,7 @@ impl Linear {
         let tn_ok = [m, n, g.a.ld, g.a.offset, g.b.ld, g.b.offset]
             .into_iter()
             .all(quads);
-        if self.texture_gemm(plan, label, g, &params) {
+        if self.texture_gemm(plan, label, g, &params, None) {
             return;
         }
         // 64-row tiles do about 2× the FMAs per load of 16-row ones (measured 2× faster); below 64
@@ -462,10 +497,15 @@ impl Linear {
         label: &'static str,
         g: &Gemm,
         params: &Params,
+        resident_b: Option<&wgpu::TextureView>,
     ) -> bool {
         let Some(cells) = &self.texture else {
             return false;
         };
+        // With B staged, fewer than 8 rows do better on the one-row buffer kernels.
+        if resident_b.is_none() && g.m < 8 {
+            return false;
+        }
         let max_texels = max_scratch_texels(plan.ctx());
         let Some((a_texels, b_texels, entry)) = texture_spans(
             g.op,
@@ -476,18 +516,24 @@ impl Linear {
         ) else {
             return false;
         };
-        let b_texture = ScratchTexture {
-            slot: 1,
-            format: texel_format(self.b_format),
-        };
-        let b_bytes = self.b_format.bytes_per_weight() as u64;
         plan.stage(A_TEXTURE, g.a.buffer, 4 * u64::from(g.a.offset), a_texels);
-        plan.stage(
-            b_texture,
-            g.b.buffer,
-            b_bytes * u64::from(g.b.offset),
-            b_texels,
-        );
+        let b_texture = match resident_b {
+            Some(view) => TextureBinding::View(view.clone()),
+            None => {
+                let scratch = ScratchTexture {
+                    slot: 1,
+                    format: texel_format(self.b_format),
+                };
+                let b_bytes = self.b_format.bytes_per_weight() as u64;
+                plan.stage(
+                    scratch,
+                    g.b.buffer,
+                    b_bytes * u64::from(g.b.offset),
+                    b_texels,
+                );
+                TextureBinding::Scratch(scratch)
+            }
+        };
         let pipeline = self.texture_pipeline(plan.ctx(), cells, entry);
         plan.dispatch_with_textures(
             label,
@@ -498,7 +544,7 @@ impl Linear {
                 (4, g.residual.unwrap_or(&self.unused)),
                 (5, g.c.buffer),
             ],
-            &[(6, A_TEXTURE), (7, b_texture)],
+            &[(6, TextureBinding::Scratch(A_TEXTURE)), (7, b_texture)],
             [(g.n as u32).div_ceil(32), (g.m as u32).div_ceil(16), 1],
         );
         true
@@ -610,7 +656,7 @@ impl Linear {
                 (4, g.residual.unwrap_or(&self.unused)),
                 (5, g.c.buffer),
             ],
-            &[(7, b_texture)],
+            &[(7, TextureBinding::Scratch(b_texture))],
             [(g.n as u32).div_ceil(columns_per_workgroup), g.m as u32, 1],
         );
     }
@@ -632,17 +678,17 @@ const TEXTURE_ENTRIES: [&str; 5] = [
 
 /// The texel format that holds four weights of `format`: rgba16float holds four halves as the
 /// packed f16 buffer stores them, and the texture unit widens them to f32.
-fn texel_format(format: WeightFormat) -> wgpu::TextureFormat {
+pub fn texel_format(format: WeightFormat) -> wgpu::TextureFormat {
     match format {
         WeightFormat::F32 => wgpu::TextureFormat::Rgba32Float,
         WeightFormat::F16 => wgpu::TextureFormat::Rgba16Float,
     }
 }
 
-/// Where a GEMM takes the texture tile kernels: the texels of A and of B it stages, and which
-/// kernel. The conditions: at least 8 rows (fewer take the one-row kernels), vec4-aligned rows
-/// along K (along M and N for Aᵀ·B) and offsets, and operands that fit a scratch texture.
-/// `MemoryEstimate` applies the same rule to size the scratch textures.
+/// Where a GEMM can take the texture tile kernels: the texels of A and of B it spans, and which
+/// kernel. The conditions: vec4-aligned rows along K (along M and N for Aᵀ·B) and offsets, and
+/// operands that fit a scratch texture; with B staged, `Linear::gemm` also wants 8 rows or more.
+/// `MemoryEstimate` applies the same rules to size the scratch textures.
 pub fn texture_spans(
     op: GemmOp,
     (m, n, k): (usize, usize, usize),
@@ -651,7 +697,7 @@ pub fn texture_spans(
     max_texels: u64,
 ) -> Option<(u64, u64, usize)> {
     let (m, n, k, lda, ldb) = (m as u64, n as u64, k as u64, u64::from(lda), u64::from(ldb));
-    if m < 8 || n == 0 || k == 0 {
+    if m == 0 || n == 0 || k == 0 {
         return None;
     }
     let aligned = |xs: &[u64]| xs.iter().all(|x| x % 4 == 0);
@@ -673,4 +719,10 @@ pub fn texture_spans(
 pub fn staged_weight_texels(elements: usize, max_texels: u64) -> Option<u64> {
     let texels = elements as u64 / 4;
     (elements % 4 == 0 && texels > 0 && texels <= max_texels).then_some(texels)
+}
+
+/// Whether a model's Conv1D weight matrices can live in textures on an adapter whose scratch
+/// textures hold `max_texels`: every weight GEMM then meets `texture_spans`'s conditions.
+pub fn weights_fit_textures(c: usize, f: usize, max_texels: u64) -> bool {
+    c % 4 == 0 && f % 4 == 0 && ((c * f.max(3 * c)) as u64).div_ceil(4) <= max_texels
 }

@@ -124,11 +124,9 @@ pub fn with_f16_storage(source: &str, name: &str) -> String {
 /// (256 is the largest `min_uniform_buffer_offset_alignment` any backend requires).
 const PARAM_SLOT: u64 = 256;
 
-/// Texels per row of a scratch texture. An operand's vec4 number i is texel (i mod 1024, i / 1024)
-/// (`shaders/linear_texture.wgsl`), so one copy of whole rows (16 KiB of f32, a multiple of the
-/// 256-byte row pitch copies need) plus one partial row stages any operand; with 16384 rows (the
-/// usual 2-D limit) a texture holds 64 M values, a GPT-2 wte chunk.
-pub const TEXTURE_ROW_TEXELS: u64 = 1024;
+/// Scratch textures use the texture GEMMs' layout, so one copy of whole rows plus one partial row
+/// stages any operand.
+pub use crate::gpu::TEXTURE_ROW_TEXELS;
 
 /// A dispatch ready to record: created once per plan, replayed on every call.
 pub struct Dispatch {
@@ -229,7 +227,15 @@ impl Step {
 
 enum PendingResource {
     Buffer(wgpu::Buffer),
+    Texture(TextureBinding),
+}
+
+/// A texture a dispatch reads: one of the plan's scratch textures, or one that lives longer (a
+/// weight matrix stored as a texture).
+#[derive(Clone, Debug)]
+pub enum TextureBinding {
     Scratch(ScratchTexture),
+    View(wgpu::TextureView),
 }
 
 struct PendingDispatch {
@@ -339,7 +345,7 @@ impl<'a> PlanBuilder<'a> {
         pipeline: &wgpu::ComputePipeline,
         params: &P,
         buffers: &[(u32, &wgpu::Buffer)],
-        textures: &[(u32, ScratchTexture)],
+        textures: &[(u32, TextureBinding)],
         workgroups: [u32; 3],
     ) {
         let bytes = bytemuck::bytes_of(params);
@@ -353,7 +359,7 @@ impl<'a> PlanBuilder<'a> {
             .chain(
                 textures
                     .iter()
-                    .map(|(b, t)| (*b, PendingResource::Scratch(*t))),
+                    .map(|(b, t)| (*b, PendingResource::Texture(t.clone()))),
             )
             .collect();
         self.pending.push(PendingStep::Dispatch(PendingDispatch {
@@ -464,8 +470,11 @@ impl<'a> PlanBuilder<'a> {
                         binding: *binding,
                         resource: match r {
                             PendingResource::Buffer(buf) => buf.as_entire_binding(),
-                            PendingResource::Scratch(s) => {
+                            PendingResource::Texture(TextureBinding::Scratch(s)) => {
                                 wgpu::BindingResource::TextureView(&views[find(s)])
+                            }
+                            PendingResource::Texture(TextureBinding::View(view)) => {
+                                wgpu::BindingResource::TextureView(view)
                             }
                         },
                     }));
