@@ -2,19 +2,56 @@
 //
 // The products of causal attention for CPU adapters with 8-lane subgroups (lavapipe), the same
 // math as attention.wgsl's kernels, for head sizes up to 64 (multiples of 4). Compiled appended to
-// attention.wgsl, whose parameters, bindings, att_row and used_att they use:
+// attention.wgsl, whose parameters, bindings and att_row they use:
 //   softmax_forward_sg      A[i,j] = softmax_j(Q_i·K_j / sqrt(hs)) for j ≤ i, exactly 0 for j > i
 //   scores_backward_sg      dA = G_i·V_jᵀ; R = A ⊙ (dA − rowsum(A ⊙ dA)) / sqrt(hs) (RA)
 //   values_forward_sg       Z[i] = s_h · Σ_j (A + η·M)[i,j] · V_j
 //   query_backward_sg       dQ[i] = Σ_{j ≤ i} R[i,j] · K_j
 //   key_value_backward_sg   dK[j] = Σ_{i ≥ j} R[i,j] · Q_i,   dV[j] = s_h · Σ_i (A + η·M)[i,j] · G_i
 // A workgroup is one subgroup of 8 lanes, one lane per row i (per key row j in key_value_backward)
-// of one head of one sequence. The row of V, K, Q or G that every lane needs at step j is loaded
-// once per subgroup (lane l loads quads l and l + 8) and handed out with subgroupBroadcast, so each
-// lane loads 1 attention value and 2 quads per hs/4 FMAs, where attention.wgsl loads 2 values per
-// FMA; in the score kernels each lane keeps its own Q or G row in registers. A and R are exactly 0
-// above the diagonal, so lanes past their own row add zeros.
+// of one head of one sequence. The row of V, K, Q or G that every lane needs at step j is fetched
+// once per subgroup (lane l fetches quads l and l + 8) and handed out with subgroupBroadcast; in
+// the score kernels each lane keeps its own Q or G row in registers. A and R are exactly 0 above
+// the diagonal, so lanes past their own row add zeros.
+// What the loops read, qkv, G (dz), A and R, comes from textures the engine stages them into
+// (src/layers/attention.rs): llvmpipe fetches a texel for all 8 lanes with vector code, where a
+// storage-buffer load is a loop over the lanes. Texel i holds quad i of the buffer at
+// (i mod 1024, i / 1024), the layout of linear_texture.wgsl.
 // Grid: (ceil(T / 8), NH, B).
+
+@group(0) @binding(15) var qkv_tex: texture_2d<f32>; // qkv staged: (B·T, 3C/4) quads
+@group(0) @binding(16) var dz_tex: texture_2d<f32>;  // dz staged: (B·T, C/4) quads
+@group(0) @binding(17) var att_tex: texture_2d<f32>; // att staged: (B, NH, T, T), 4 per texel
+@group(0) @binding(18) var ra_tex: texture_2d<f32>;  // ra staged: (B, NH, T, T), 4 per texel
+
+fn texel_at(i: u32) -> vec2<u32> {
+    return vec2<u32>(i & 1023u, i >> 10u);
+}
+
+fn qkv_staged(i: u32) -> vec4<f32> {
+    return textureLoad(qkv_tex, texel_at(i), 0);
+}
+
+fn dz_staged(i: u32) -> vec4<f32> {
+    return textureLoad(dz_tex, texel_at(i), 0);
+}
+
+fn att_at(idx: u32) -> f32 {
+    return textureLoad(att_tex, texel_at(idx / 4u), 0)[idx % 4u];
+}
+
+fn ra_at(idx: u32) -> f32 {
+    return textureLoad(ra_tex, texel_at(idx / 4u), 0)[idx % 4u];
+}
+
+// used_att of attention.wgsl, reading A from its texture: A + η·M when patching.
+fn used_att_staged(idx: u32) -> f32 {
+    var a = att_at(idx);
+    if ((p.flags & HAS_PATCH) != 0u) {
+        a += p.eta * patch_map[idx];
+    }
+    return a;
+}
 
 // A[i,j] = softmax_j(Q_i·K_j / sqrt(hs)) for j ≤ i, exactly 0 for j > i. Lane l owns query row
 // i = i0 + l; the K rows are shared.
@@ -29,27 +66,27 @@ fn softmax_forward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_i
     let r0 = wid.z * p.t;
     let stride = 3u * p.c / 4u;
     let j_end = min(i0 + 8u, p.t);
-    let q0 = select(vec4<f32>(0.0), qkv4[(r0 + ic) * stride + wid.y * hs4 + min(0u, hs4 - 1u)], 0u < hs4);
-    let q1 = select(vec4<f32>(0.0), qkv4[(r0 + ic) * stride + wid.y * hs4 + min(1u, hs4 - 1u)], 1u < hs4);
-    let q2 = select(vec4<f32>(0.0), qkv4[(r0 + ic) * stride + wid.y * hs4 + min(2u, hs4 - 1u)], 2u < hs4);
-    let q3 = select(vec4<f32>(0.0), qkv4[(r0 + ic) * stride + wid.y * hs4 + min(3u, hs4 - 1u)], 3u < hs4);
-    let q4 = select(vec4<f32>(0.0), qkv4[(r0 + ic) * stride + wid.y * hs4 + min(4u, hs4 - 1u)], 4u < hs4);
-    let q5 = select(vec4<f32>(0.0), qkv4[(r0 + ic) * stride + wid.y * hs4 + min(5u, hs4 - 1u)], 5u < hs4);
-    let q6 = select(vec4<f32>(0.0), qkv4[(r0 + ic) * stride + wid.y * hs4 + min(6u, hs4 - 1u)], 6u < hs4);
-    let q7 = select(vec4<f32>(0.0), qkv4[(r0 + ic) * stride + wid.y * hs4 + min(7u, hs4 - 1u)], 7u < hs4);
-    let q8 = select(vec4<f32>(0.0), qkv4[(r0 + ic) * stride + wid.y * hs4 + min(8u, hs4 - 1u)], 8u < hs4);
-    let q9 = select(vec4<f32>(0.0), qkv4[(r0 + ic) * stride + wid.y * hs4 + min(9u, hs4 - 1u)], 9u < hs4);
-    let q10 = select(vec4<f32>(0.0), qkv4[(r0 + ic) * stride + wid.y * hs4 + min(10u, hs4 - 1u)], 10u < hs4);
-    let q11 = select(vec4<f32>(0.0), qkv4[(r0 + ic) * stride + wid.y * hs4 + min(11u, hs4 - 1u)], 11u < hs4);
-    let q12 = select(vec4<f32>(0.0), qkv4[(r0 + ic) * stride + wid.y * hs4 + min(12u, hs4 - 1u)], 12u < hs4);
-    let q13 = select(vec4<f32>(0.0), qkv4[(r0 + ic) * stride + wid.y * hs4 + min(13u, hs4 - 1u)], 13u < hs4);
-    let q14 = select(vec4<f32>(0.0), qkv4[(r0 + ic) * stride + wid.y * hs4 + min(14u, hs4 - 1u)], 14u < hs4);
-    let q15 = select(vec4<f32>(0.0), qkv4[(r0 + ic) * stride + wid.y * hs4 + min(15u, hs4 - 1u)], 15u < hs4);
+    let q0 = select(vec4<f32>(0.0), qkv_staged((r0 + ic) * stride + wid.y * hs4 + min(0u, hs4 - 1u)), 0u < hs4);
+    let q1 = select(vec4<f32>(0.0), qkv_staged((r0 + ic) * stride + wid.y * hs4 + min(1u, hs4 - 1u)), 1u < hs4);
+    let q2 = select(vec4<f32>(0.0), qkv_staged((r0 + ic) * stride + wid.y * hs4 + min(2u, hs4 - 1u)), 2u < hs4);
+    let q3 = select(vec4<f32>(0.0), qkv_staged((r0 + ic) * stride + wid.y * hs4 + min(3u, hs4 - 1u)), 3u < hs4);
+    let q4 = select(vec4<f32>(0.0), qkv_staged((r0 + ic) * stride + wid.y * hs4 + min(4u, hs4 - 1u)), 4u < hs4);
+    let q5 = select(vec4<f32>(0.0), qkv_staged((r0 + ic) * stride + wid.y * hs4 + min(5u, hs4 - 1u)), 5u < hs4);
+    let q6 = select(vec4<f32>(0.0), qkv_staged((r0 + ic) * stride + wid.y * hs4 + min(6u, hs4 - 1u)), 6u < hs4);
+    let q7 = select(vec4<f32>(0.0), qkv_staged((r0 + ic) * stride + wid.y * hs4 + min(7u, hs4 - 1u)), 7u < hs4);
+    let q8 = select(vec4<f32>(0.0), qkv_staged((r0 + ic) * stride + wid.y * hs4 + min(8u, hs4 - 1u)), 8u < hs4);
+    let q9 = select(vec4<f32>(0.0), qkv_staged((r0 + ic) * stride + wid.y * hs4 + min(9u, hs4 - 1u)), 9u < hs4);
+    let q10 = select(vec4<f32>(0.0), qkv_staged((r0 + ic) * stride + wid.y * hs4 + min(10u, hs4 - 1u)), 10u < hs4);
+    let q11 = select(vec4<f32>(0.0), qkv_staged((r0 + ic) * stride + wid.y * hs4 + min(11u, hs4 - 1u)), 11u < hs4);
+    let q12 = select(vec4<f32>(0.0), qkv_staged((r0 + ic) * stride + wid.y * hs4 + min(12u, hs4 - 1u)), 12u < hs4);
+    let q13 = select(vec4<f32>(0.0), qkv_staged((r0 + ic) * stride + wid.y * hs4 + min(13u, hs4 - 1u)), 13u < hs4);
+    let q14 = select(vec4<f32>(0.0), qkv_staged((r0 + ic) * stride + wid.y * hs4 + min(14u, hs4 - 1u)), 14u < hs4);
+    let q15 = select(vec4<f32>(0.0), qkv_staged((r0 + ic) * stride + wid.y * hs4 + min(15u, hs4 - 1u)), 15u < hs4);
     var m = -3.0e38;
     for (var j = 0u; j < j_end; j++) {
         let k_at = (r0 + j) * stride + p.c / 4u + wid.y * hs4;
-        let k_lo = qkv4[k_at + min(lane, hs4 - 1u)];
-        let k_hi = qkv4[k_at + min(lane + 8u, hs4 - 1u)];
+        let k_lo = qkv_staged(k_at + min(lane, hs4 - 1u));
+        let k_hi = qkv_staged(k_at + min(lane + 8u, hs4 - 1u));
         var s = 0.0;
         {
             s += dot(q0, subgroupBroadcast(k_lo, 0u));
@@ -101,27 +138,27 @@ fn scores_backward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_i
     let stride = 3u * p.c / 4u;
     let j_end = min(i0 + 8u, p.t);
     let gs = head_scale[p.head_scale_off + wid.y];
-    let g0 = select(vec4<f32>(0.0), dz4[(r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(0u, hs4 - 1u)], 0u < hs4);
-    let g1 = select(vec4<f32>(0.0), dz4[(r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(1u, hs4 - 1u)], 1u < hs4);
-    let g2 = select(vec4<f32>(0.0), dz4[(r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(2u, hs4 - 1u)], 2u < hs4);
-    let g3 = select(vec4<f32>(0.0), dz4[(r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(3u, hs4 - 1u)], 3u < hs4);
-    let g4 = select(vec4<f32>(0.0), dz4[(r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(4u, hs4 - 1u)], 4u < hs4);
-    let g5 = select(vec4<f32>(0.0), dz4[(r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(5u, hs4 - 1u)], 5u < hs4);
-    let g6 = select(vec4<f32>(0.0), dz4[(r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(6u, hs4 - 1u)], 6u < hs4);
-    let g7 = select(vec4<f32>(0.0), dz4[(r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(7u, hs4 - 1u)], 7u < hs4);
-    let g8 = select(vec4<f32>(0.0), dz4[(r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(8u, hs4 - 1u)], 8u < hs4);
-    let g9 = select(vec4<f32>(0.0), dz4[(r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(9u, hs4 - 1u)], 9u < hs4);
-    let g10 = select(vec4<f32>(0.0), dz4[(r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(10u, hs4 - 1u)], 10u < hs4);
-    let g11 = select(vec4<f32>(0.0), dz4[(r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(11u, hs4 - 1u)], 11u < hs4);
-    let g12 = select(vec4<f32>(0.0), dz4[(r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(12u, hs4 - 1u)], 12u < hs4);
-    let g13 = select(vec4<f32>(0.0), dz4[(r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(13u, hs4 - 1u)], 13u < hs4);
-    let g14 = select(vec4<f32>(0.0), dz4[(r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(14u, hs4 - 1u)], 14u < hs4);
-    let g15 = select(vec4<f32>(0.0), dz4[(r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(15u, hs4 - 1u)], 15u < hs4);
+    let g0 = select(vec4<f32>(0.0), dz_staged((r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(0u, hs4 - 1u)), 0u < hs4);
+    let g1 = select(vec4<f32>(0.0), dz_staged((r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(1u, hs4 - 1u)), 1u < hs4);
+    let g2 = select(vec4<f32>(0.0), dz_staged((r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(2u, hs4 - 1u)), 2u < hs4);
+    let g3 = select(vec4<f32>(0.0), dz_staged((r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(3u, hs4 - 1u)), 3u < hs4);
+    let g4 = select(vec4<f32>(0.0), dz_staged((r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(4u, hs4 - 1u)), 4u < hs4);
+    let g5 = select(vec4<f32>(0.0), dz_staged((r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(5u, hs4 - 1u)), 5u < hs4);
+    let g6 = select(vec4<f32>(0.0), dz_staged((r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(6u, hs4 - 1u)), 6u < hs4);
+    let g7 = select(vec4<f32>(0.0), dz_staged((r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(7u, hs4 - 1u)), 7u < hs4);
+    let g8 = select(vec4<f32>(0.0), dz_staged((r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(8u, hs4 - 1u)), 8u < hs4);
+    let g9 = select(vec4<f32>(0.0), dz_staged((r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(9u, hs4 - 1u)), 9u < hs4);
+    let g10 = select(vec4<f32>(0.0), dz_staged((r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(10u, hs4 - 1u)), 10u < hs4);
+    let g11 = select(vec4<f32>(0.0), dz_staged((r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(11u, hs4 - 1u)), 11u < hs4);
+    let g12 = select(vec4<f32>(0.0), dz_staged((r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(12u, hs4 - 1u)), 12u < hs4);
+    let g13 = select(vec4<f32>(0.0), dz_staged((r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(13u, hs4 - 1u)), 13u < hs4);
+    let g14 = select(vec4<f32>(0.0), dz_staged((r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(14u, hs4 - 1u)), 14u < hs4);
+    let g15 = select(vec4<f32>(0.0), dz_staged((r0 + ic) * (p.c / 4u) + wid.y * hs4 + min(15u, hs4 - 1u)), 15u < hs4);
     var r = 0.0;
     for (var j = 0u; j < j_end; j++) {
         let v_at = (r0 + j) * stride + 2u * (p.c / 4u) + wid.y * hs4;
-        let v_lo = qkv4[v_at + min(lane, hs4 - 1u)];
-        let v_hi = qkv4[v_at + min(lane + 8u, hs4 - 1u)];
+        let v_lo = qkv_staged(v_at + min(lane, hs4 - 1u));
+        let v_hi = qkv_staged(v_at + min(lane + 8u, hs4 - 1u));
         var da = 0.0;
         {
             da += dot(g0, subgroupBroadcast(v_lo, 0u));
@@ -150,7 +187,7 @@ fn scores_backward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_i
         da *= gs;
         if (live && j <= i) {
             ra_out[row + j] = da;
-            r += att[row + j] * da;
+            r += att_at(row + j) * da;
         }
     }
     if (live) {
@@ -188,10 +225,10 @@ fn values_forward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_in
     var acc14 = vec4<f32>(0.0);
     var acc15 = vec4<f32>(0.0);
     for (var j = 0u; j < j_end; j++) {
-        let w = used_att(row + j);
+        let w = used_att_staged(row + j);
         let s_at = (r0 + j) * stride + 2u * (p.c / 4u) + wid.y * hs4;
-        let s_lo = qkv4[s_at + min(lane, hs4 - 1u)];
-        let s_hi = qkv4[s_at + min(lane + 8u, hs4 - 1u)];
+        let s_lo = qkv_staged(s_at + min(lane, hs4 - 1u));
+        let s_hi = qkv_staged(s_at + min(lane + 8u, hs4 - 1u));
         {
             acc0 += w * subgroupBroadcast(s_lo, 0u);
             acc1 += w * subgroupBroadcast(s_lo, 1u);
@@ -266,10 +303,10 @@ fn query_backward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_in
     var acc14 = vec4<f32>(0.0);
     var acc15 = vec4<f32>(0.0);
     for (var j = 0u; j < j_end; j++) {
-        let w = ra[row + j];
+        let w = ra_at(row + j);
         let s_at = (r0 + j) * stride + 1u * (p.c / 4u) + wid.y * hs4;
-        let s_lo = qkv4[s_at + min(lane, hs4 - 1u)];
-        let s_hi = qkv4[s_at + min(lane + 8u, hs4 - 1u)];
+        let s_lo = qkv_staged(s_at + min(lane, hs4 - 1u));
+        let s_hi = qkv_staged(s_at + min(lane + 8u, hs4 - 1u));
         {
             acc0 += w * subgroupBroadcast(s_lo, 0u);
             acc1 += w * subgroupBroadcast(s_lo, 1u);
@@ -364,14 +401,14 @@ fn key_value_backward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgrou
     var dv15 = vec4<f32>(0.0);
     for (var i = i_start; i < p.t; i++) {
         let idx = att_row(wid.z, wid.y, i) + jc;
-        let r = ra[idx];
-        let a = used_att(idx);
+        let r = ra_at(idx);
+        let a = used_att_staged(idx);
         let q_at = (r0 + i) * stride + wid.y * hs4;
         let g_at = (r0 + i) * (p.c / 4u) + wid.y * hs4;
-        let q_lo = qkv4[q_at + min(lane, hs4 - 1u)];
-        let q_hi = qkv4[q_at + min(lane + 8u, hs4 - 1u)];
-        let g_lo = dz4[g_at + min(lane, hs4 - 1u)];
-        let g_hi = dz4[g_at + min(lane + 8u, hs4 - 1u)];
+        let q_lo = qkv_staged(q_at + min(lane, hs4 - 1u));
+        let q_hi = qkv_staged(q_at + min(lane + 8u, hs4 - 1u));
+        let g_lo = dz_staged(g_at + min(lane, hs4 - 1u));
+        let g_hi = dz_staged(g_at + min(lane + 8u, hs4 - 1u));
         {
             dk0 += r * subgroupBroadcast(q_lo, 0u);
             dk1 += r * subgroupBroadcast(q_lo, 1u);

@@ -20,6 +20,8 @@ struct Params {
 const HAS_BIAS: u32 = 1u;      // C += bias[col]
 const HAS_RESIDUAL: u32 = 2u;  // C += residual[same index as C]
 const ACCUMULATE: u32 = 4u;    // C += previous C (sums over vocabulary chunks)
+const GELU_FORWARD: u32 = 8u;  // also gelu_aux = gelu_new(C): c_fc's output and its activation
+const GELU_BACKWARD: u32 = 16u; // C ⊙= gelu_new'(gelu_aux): the gradient through the activation
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -27,8 +29,10 @@ const ACCUMULATE: u32 = 4u;    // C += previous C (sums over vocabulary chunks)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
+@group(0) @binding(8) var<storage, read_write> gelu_aux: array<f32>; // same layout as C
 
-// Writes C[row, col] = v + the epilogue (bias, residual, previous C), when inside C.
+// Writes C[row, col] = v + the epilogue (bias, residual, previous C; then gelu_new's forward or
+// backward, see the flags), when inside C.
 fn store(row: u32, col: u32, v: f32) {
     if (row >= p.m || col >= p.n) {
         return;
@@ -43,6 +47,12 @@ fn store(row: u32, col: u32, v: f32) {
     }
     if ((p.flags & ACCUMULATE) != 0u) {
         out += c[idx];
+    }
+    if ((p.flags & GELU_FORWARD) != 0u) {
+        gelu_aux[idx] = gelu_new(out);
+    }
+    if ((p.flags & GELU_BACKWARD) != 0u) {
+        out *= gelu_new_grad(gelu_aux[idx]);
     }
     c[idx] = out;
 }

@@ -20,6 +20,8 @@ struct Params {
 const HAS_BIAS: u32 = 1u;
 const HAS_RESIDUAL: u32 = 2u;
 const ACCUMULATE: u32 = 4u;
+const GELU_FORWARD: u32 = 8u;   // also gelu_aux = gelu_new(C) (gelu_math.wgsl)
+const GELU_BACKWARD: u32 = 16u; // C ⊙= gelu_new'(gelu_aux)
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
@@ -27,6 +29,7 @@ const ACCUMULATE: u32 = 4u;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
+@group(0) @binding(8) var<storage, read_write> gelu_aux: array<f32>; // same layout as C
 
 fn store(row: u32, col: u32, acc: f32) {
     if (row >= p.m || col >= p.n) {
@@ -42,6 +45,12 @@ fn store(row: u32, col: u32, acc: f32) {
     }
     if ((p.flags & ACCUMULATE) != 0u) {
         v += c[idx];
+    }
+    if ((p.flags & GELU_FORWARD) != 0u) {
+        gelu_aux[idx] = gelu_new(v);
+    }
+    if ((p.flags & GELU_BACKWARD) != 0u) {
+        v *= gelu_new_grad(gelu_aux[idx]);
     }
     c[idx] = v;
 }

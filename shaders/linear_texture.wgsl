@@ -9,6 +9,9 @@
 // formats. Compiled appended to linear_subgroup.wgsl, whose parameters and store helpers they use:
 //   matmul_nn_tex   C = A·B    forward y = x·W + b (+ residual)
 //   matmul_nt_tex   C = A·Bᵀ   backward dx = dy·Wᵀ
+//   matmul_nn_texw, matmul_nt_texw   the same with B a weight texture kept in 4×4 blocks (see
+//                   Weight::Texture): each lane's 4 fetches per k-step are one block, 64 bytes
+//                   in a row, in both directions
 //   matmul_tn_tex   C = Aᵀ·B   weight gradient dW = xᵀ·dy
 //   matmul_nt_row_tex, matmul_nn_row_tex   a few rows of C with B staged (the lm_head at the loss
 //                   rows, B = a wte chunk staged once per pass); A stays in its buffer
@@ -30,7 +33,7 @@ fn b_at(i: u32) -> vec4<f32> {
     return textureLoad(b_tex, vec2<u32>(i & 1023u, i >> 10u), 0);
 }
 
-// C = A·B: lane l fetches B rows 4·k4 … 4·k4 + 3 at its 4 columns and A row row0 + 8g + l.
+// C = A·B (B staged row by row): lane l fetches B rows 4·k4 … 4·k4 + 3 at its 4 columns and A row row0 + 8g + l.
 @compute @workgroup_size(8)
 fn matmul_nn_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
     let row0 = wid.y * 16u;
@@ -58,7 +61,7 @@ fn matmul_nn_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invoca
     for (var k4 = 0u; k4 < p.k / 4u; k4++) {
         let kr = bcol + 4u * k4 * ldb4;
         let b0 = b_at(kr);
-        let b1 = b_at(kr + ldb4);
+        let b1 = b_at(kr + 1u * ldb4);
         let b2 = b_at(kr + 2u * ldb4);
         let b3 = b_at(kr + 3u * ldb4);
         let q0 = a_at(ar0 + k4);
@@ -98,8 +101,9 @@ fn matmul_nn_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invoca
     store4(row0 + 15u, 4u * cv, acc15);
 }
 
-// C = A·Bᵀ (B is N×K): lane l fetches k-quads of the B rows of its 4 columns; transposed, they are
-// the 4 B quads of the nn kernel (a free transpose: the lanes hold vectors as separate registers).
+// C = A·Bᵀ (B is N×K; B staged row by row): lane l fetches k-quads of the B rows of its 4 columns;
+// transposed, they are the 4 B quads of the nn kernel (a free transpose: the lanes hold vectors
+// as separate registers).
 @compute @workgroup_size(8)
 fn matmul_nt_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
     let row0 = wid.y * 16u;
@@ -291,4 +295,146 @@ fn matmul_nn_row_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_in
         acc += subgroupBroadcast(mine, 7u) * b_at(bcol + min(k0 + 7u, last) * ldb4);
     }
     store4(wid.y, 4u * cv, acc);
+}
+
+// C = A·B (B is a weight texture in 4×4 blocks: its 4 quads are one block): lane l fetches B rows 4·k4 … 4·k4 + 3 at its 4 columns and A row row0 + 8g + l.
+@compute @workgroup_size(8)
+fn matmul_nn_texw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let row0 = wid.y * 16u;
+    let cv = wid.x * 8u + lane;
+    let ldb4 = p.ldb / 4u;
+    let bcol = min(cv, p.n / 4u - 1u);
+    let ar0 = min(row0 + 0u + lane, p.m - 1u) * (p.lda / 4u);
+    let ar1 = min(row0 + 8u + lane, p.m - 1u) * (p.lda / 4u);
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    var acc4 = vec4<f32>(0.0);
+    var acc5 = vec4<f32>(0.0);
+    var acc6 = vec4<f32>(0.0);
+    var acc7 = vec4<f32>(0.0);
+    var acc8 = vec4<f32>(0.0);
+    var acc9 = vec4<f32>(0.0);
+    var acc10 = vec4<f32>(0.0);
+    var acc11 = vec4<f32>(0.0);
+    var acc12 = vec4<f32>(0.0);
+    var acc13 = vec4<f32>(0.0);
+    var acc14 = vec4<f32>(0.0);
+    var acc15 = vec4<f32>(0.0);
+    for (var k4 = 0u; k4 < p.k / 4u; k4++) {
+        let kr = (k4 * ldb4 + bcol) * 4u;
+        let b0 = b_at(kr + 0u);
+        let b1 = b_at(kr + 1u);
+        let b2 = b_at(kr + 2u);
+        let b3 = b_at(kr + 3u);
+        let q0 = a_at(ar0 + k4);
+        let q1 = a_at(ar1 + k4);
+        { let x = subgroupBroadcast(q0, 0u); acc0 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q0, 1u); acc1 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q0, 2u); acc2 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q0, 3u); acc3 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q0, 4u); acc4 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q0, 5u); acc5 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q0, 6u); acc6 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q0, 7u); acc7 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q1, 0u); acc8 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q1, 1u); acc9 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q1, 2u); acc10 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q1, 3u); acc11 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q1, 4u); acc12 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q1, 5u); acc13 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q1, 6u); acc14 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q1, 7u); acc15 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+    }
+    store4(row0 + 0u, 4u * cv, acc0);
+    store4(row0 + 1u, 4u * cv, acc1);
+    store4(row0 + 2u, 4u * cv, acc2);
+    store4(row0 + 3u, 4u * cv, acc3);
+    store4(row0 + 4u, 4u * cv, acc4);
+    store4(row0 + 5u, 4u * cv, acc5);
+    store4(row0 + 6u, 4u * cv, acc6);
+    store4(row0 + 7u, 4u * cv, acc7);
+    store4(row0 + 8u, 4u * cv, acc8);
+    store4(row0 + 9u, 4u * cv, acc9);
+    store4(row0 + 10u, 4u * cv, acc10);
+    store4(row0 + 11u, 4u * cv, acc11);
+    store4(row0 + 12u, 4u * cv, acc12);
+    store4(row0 + 13u, 4u * cv, acc13);
+    store4(row0 + 14u, 4u * cv, acc14);
+    store4(row0 + 15u, 4u * cv, acc15);
+}
+
+// C = A·Bᵀ (B is N×K; B is a weight texture in 4×4 blocks: the 4 rows' k-quads are one block): lane l fetches k-quads of the B rows of its 4 columns;
+// transposed, they are the 4 B quads of the nn kernel (a free transpose: the lanes hold vectors
+// as separate registers).
+@compute @workgroup_size(8)
+fn matmul_nt_texw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let row0 = wid.y * 16u;
+    let cv = wid.x * 8u + lane;
+    let ldb4 = p.ldb / 4u;
+    let brow = min(cv, p.n / 4u - 1u) * ldb4;
+    let ar0 = min(row0 + 0u + lane, p.m - 1u) * (p.lda / 4u);
+    let ar1 = min(row0 + 8u + lane, p.m - 1u) * (p.lda / 4u);
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    var acc4 = vec4<f32>(0.0);
+    var acc5 = vec4<f32>(0.0);
+    var acc6 = vec4<f32>(0.0);
+    var acc7 = vec4<f32>(0.0);
+    var acc8 = vec4<f32>(0.0);
+    var acc9 = vec4<f32>(0.0);
+    var acc10 = vec4<f32>(0.0);
+    var acc11 = vec4<f32>(0.0);
+    var acc12 = vec4<f32>(0.0);
+    var acc13 = vec4<f32>(0.0);
+    var acc14 = vec4<f32>(0.0);
+    var acc15 = vec4<f32>(0.0);
+    for (var k4 = 0u; k4 < p.k / 4u; k4++) {
+        let kr = (brow + k4) * 4u;
+        let w0 = b_at(kr + 0u);
+        let w1 = b_at(kr + 1u);
+        let w2 = b_at(kr + 2u);
+        let w3 = b_at(kr + 3u);
+        let b0 = vec4<f32>(w0.x, w1.x, w2.x, w3.x);
+        let b1 = vec4<f32>(w0.y, w1.y, w2.y, w3.y);
+        let b2 = vec4<f32>(w0.z, w1.z, w2.z, w3.z);
+        let b3 = vec4<f32>(w0.w, w1.w, w2.w, w3.w);
+        let q0 = a_at(ar0 + k4);
+        let q1 = a_at(ar1 + k4);
+        { let x = subgroupBroadcast(q0, 0u); acc0 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q0, 1u); acc1 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q0, 2u); acc2 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q0, 3u); acc3 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q0, 4u); acc4 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q0, 5u); acc5 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q0, 6u); acc6 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q0, 7u); acc7 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q1, 0u); acc8 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q1, 1u); acc9 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q1, 2u); acc10 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q1, 3u); acc11 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q1, 4u); acc12 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q1, 5u); acc13 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q1, 6u); acc14 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+        { let x = subgroupBroadcast(q1, 7u); acc15 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
+    }
+    store4(row0 + 0u, 4u * cv, acc0);
+    store4(row0 + 1u, 4u * cv, acc1);
+    store4(row0 + 2u, 4u * cv, acc2);
+    store4(row0 + 3u, 4u * cv, acc3);
+    store4(row0 + 4u, 4u * cv, acc4);
+    store4(row0 + 5u, 4u * cv, acc5);
+    store4(row0 + 6u, 4u * cv, acc6);
+    store4(row0 + 7u, 4u * cv, acc7);
+    store4(row0 + 8u, 4u * cv, acc8);
+    store4(row0 + 9u, 4u * cv, acc9);
+    store4(row0 + 10u, 4u * cv, acc10);
+    store4(row0 + 11u, 4u * cv, acc11);
+    store4(row0 + 12u, 4u * cv, acc12);
+    store4(row0 + 13u, 4u * cv, acc13);
+    store4(row0 + 14u, 4u * cv, acc14);
+    store4(row0 + 15u, 4u * cv, acc15);
 }

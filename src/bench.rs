@@ -499,6 +499,7 @@ pub fn gemm_throughput(
                         bias: None,
                         residual: None,
                         accumulate: false,
+                        gelu: None,
                     },
                 ),
             }

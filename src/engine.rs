@@ -4,7 +4,7 @@
 //! caller asks for are read back.
 //!
 //! prompt → `loss::Sequence` → embedding → L × (LN1 → c_attn → attention → c_proj + residual →
-//! LN2 → c_fc → gelu → c_proj + residual) → ln_f → lm_head at the loss rows → loss →
+//! LN2 → c_fc with gelu in its epilogue → c_proj + residual) → ln_f → lm_head at the loss rows → loss →
 //! the same layers backward → R per layer and head.
 //!
 //! Training (`run_batch` with gradients) runs the same plan on B right-padded sequences, with the
@@ -19,12 +19,12 @@ use crate::gpu::GpuContext;
 use crate::layers::attention::{Attention, AttentionBuffers, AttentionShape};
 use crate::layers::cross_entropy::{gpu_terms, CrossEntropy};
 use crate::layers::embedding::{token_index, Embedding, EmbeddingGrads, VocabChunk};
-use crate::layers::gelu::Gelu;
 use crate::layers::layernorm::{LayerNorm, LayerNormSaved};
 use crate::layers::linear::{
-    texture_gemms_available, weights_fit_textures, Gemm, GemmOp, Linear, Operand, Weight,
+    block_weights, texture_gemms_available, weights_fit_textures, Gemm, GemmOp, Linear, Operand,
+    Weight,
 };
-use crate::layers::{max_scratch_texels, Plan, PlanBuilder, ScratchTexture, WeightFormat};
+use crate::layers::{max_scratch_texels, Plan, PlanBuilder, TextureBinding, WeightFormat};
 use crate::loss::{LossPlan, Sequence, TrainBatch};
 use crate::model::{f16_bits, GptConfig, Model, Tensor, Weights};
 use crate::pass::{Backend, ForwardOptions, PassOutput, PassTimings, Readback};
@@ -42,7 +42,6 @@ pub struct Kernels {
     pub linear: Linear,
     /// GEMMs whose operand B is a weight matrix, when the weights are not stored as f32.
     weight_linear: Option<Linear>,
-    pub gelu: Gelu,
     pub attention: Attention,
     pub cross_entropy: CrossEntropy,
 }
@@ -55,7 +54,6 @@ impl Kernels {
             linear: Linear::new(ctx),
             weight_linear: (weights != WeightFormat::F32)
                 .then(|| Linear::for_weights(ctx, weights)),
-            gelu: Gelu::new(ctx),
             attention: Attention::new(ctx),
             cross_entropy: CrossEntropy::new(ctx),
         };
@@ -119,7 +117,10 @@ struct GpuLayer {
 
 struct GpuWeights {
     wte: Vec<VocabChunk>, // (V, C) in row chunks that each fit one binding
-    wpe: wgpu::Buffer,    // (P, C)
+    /// The same chunks as textures, row by row, for the lm_head's one-row kernels (inference
+    /// engines on CPU adapters; empty otherwise): no per-pass staging of wte.
+    wte_textures: Vec<Matrix>,
+    wpe: wgpu::Buffer, // (P, C)
     layers: Vec<GpuLayer>,
     ln_f_w: wgpu::Buffer, // (C)
     ln_f_b: wgpu::Buffer, // (C)
@@ -176,7 +177,8 @@ impl GpuWeights {
 
     /// Bytes of every buffer and texture, wte chunks included.
     fn bytes(&self) -> u64 {
-        let wte: u64 = self.wte.iter().map(|c| c.buffer.size()).sum();
+        let wte: u64 = self.wte.iter().map(|c| c.buffer.size()).sum::<u64>()
+            + self.wte_textures.iter().map(Matrix::bytes).sum::<u64>();
         let layers: u64 = self.layers.iter().map(GpuLayer::bytes).sum();
         wte + layers + self.wpe.size() + self.ln_f_w.size() + self.ln_f_b.size()
     }
@@ -205,6 +207,7 @@ impl GpuWeights {
             })
             .collect();
         GpuWeights {
+            wte_textures: Vec::new(),
             wte: w
                 .wte
                 .iter()
@@ -246,13 +249,16 @@ impl GpuWeights {
                 return Matrix::Buffer(put(name, t, format));
             }
             let texel_format = crate::layers::linear::texel_format(format);
+            let (rows, cols) = (t.shape[0], t.shape[1]);
             let view = match format {
-                WeightFormat::F32 => {
-                    ctx.upload_texels(name, bytemuck::cast_slice(t.data()), texel_format)
-                }
+                WeightFormat::F32 => ctx.upload_texels(
+                    name,
+                    bytemuck::cast_slice(&block_weights(t.data(), rows, cols)),
+                    texel_format,
+                ),
                 WeightFormat::F16 => ctx.upload_texels(
                     name,
-                    bytemuck::cast_slice(&f16_bits(t.data())),
+                    bytemuck::cast_slice(&block_weights(&f16_bits(t.data()), rows, cols)),
                     texel_format,
                 ),
             };
@@ -279,7 +285,36 @@ impl GpuWeights {
                     rows,
                 }
             })
-            .collect();
+            .collect::<Vec<VocabChunk>>();
+        // an inference engine's lm_head reads wte's chunks from textures (row by row)
+        let max_texels = crate::layers::max_scratch_texels(ctx);
+        let wte_fits = wte.iter().all(|chunk| {
+            crate::layers::linear::staged_weight_texels(chunk.rows * c, max_texels).is_some()
+        });
+        let wte_textures = if textures && wte_fits {
+            wte.iter()
+                .map(|chunk| {
+                    let data = &w.wte.data()[chunk.row0 * c..(chunk.row0 + chunk.rows) * c];
+                    let texel_format = crate::layers::linear::texel_format(format);
+                    let view = match format {
+                        WeightFormat::F32 => {
+                            ctx.upload_texels("wte chunk", bytemuck::cast_slice(data), texel_format)
+                        }
+                        WeightFormat::F16 => ctx.upload_texels(
+                            "wte chunk",
+                            bytemuck::cast_slice(&f16_bits(data)),
+                            texel_format,
+                        ),
+                    };
+                    Matrix::Texture {
+                        view,
+                        bytes: texture_bytes(data.len(), format),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         w.wte.release_resident_pages();
         ctx.flush_uploads()?;
         let layers = w
@@ -305,6 +340,7 @@ impl GpuWeights {
             .collect::<Result<Vec<_>>>()?;
         let weights = GpuWeights {
             wte,
+            wte_textures,
             wpe: up("wpe", &w.wpe),
             layers,
             ln_f_w: up("ln_f.weight", &w.ln_f_w),
@@ -432,7 +468,6 @@ struct Workspace {
     // backward
     dln_f_rows: wgpu::Buffer,   // (R, C)
     dhidden: Vec<wgpu::Buffer>, // L+1 × (N, C): dL/dhidden[l]
-    d_fc_act: wgpu::Buffer,     // (N, F)
     d_fc_pre: wgpu::Buffer,     // (N, F)
     d_ln: wgpu::Buffer,         // (N, C) gradient at a LayerNorm's output
     dmid: wgpu::Buffer,         // (N, C)
@@ -512,7 +547,6 @@ impl Workspace {
             } else {
                 Vec::new()
             },
-            d_fc_act: buf("d_fc_act", if bwd { n * f } else { 1 }),
             d_fc_pre: buf("d_fc_pre", if bwd { n * f } else { 1 }),
             d_ln: buf("d_ln", if bwd { n * c } else { 1 }),
             dmid: buf("dmid", if bwd { n * c } else { 1 }),
@@ -607,16 +641,15 @@ impl Workspace {
                 (n, c),
                 eps,
             );
-            k.weight_gemms().forward(
+            k.weight_gemms().forward_gelu(
                 p,
                 &self.fc_pre[l],
+                fc_act,
                 ln_2_out,
                 lw.fc_w.weight(),
                 Some(&lw.fc_b),
-                None,
                 (n, c, f),
             );
-            k.gelu.forward(p, fc_act, &self.fc_pre[l], n * f);
             k.weight_gemms().forward(
                 p,
                 h_out,
@@ -655,25 +688,25 @@ impl Workspace {
             }
         };
         // At a few rows the lm_head is a GEMV over wte: fetched from textures it is several times
-        // faster on CPU adapters, so each chunk is staged once for the forward and the backward.
-        let staged_wte: Vec<Option<ScratchTexture>> = w
+        // faster on CPU adapters. An inference engine keeps wte's chunks as textures; otherwise
+        // each chunk is staged once for the forward and the backward.
+        let staged_wte: Vec<Option<TextureBinding>> = w
             .wte
             .iter()
             .enumerate()
             .map(|(i, chunk)| {
-                (r <= LM_HEAD_STAGED_ROWS)
-                    .then(|| {
-                        k.weight_gemms().stage_weights(
-                            p,
-                            2 + i as u8,
-                            &chunk.buffer,
-                            chunk.rows * c,
-                        )
-                    })
-                    .flatten()
+                if r > LM_HEAD_STAGED_ROWS {
+                    return None;
+                }
+                if let Some(Matrix::Texture { view, .. }) = w.wte_textures.get(i) {
+                    return Some(TextureBinding::View(view.clone()));
+                }
+                k.weight_gemms()
+                    .stage_weights(p, 2 + i as u8, &chunk.buffer, chunk.rows * c)
+                    .map(TextureBinding::Scratch)
             })
             .collect();
-        for (chunk, &staged) in w.wte.iter().zip(&staged_wte) {
+        for (chunk, staged) in w.wte.iter().zip(&staged_wte) {
             k.weight_gemms().gemm_with_staged_b(
                 p,
                 "lm_head_forward",
@@ -688,8 +721,9 @@ impl Workspace {
                     bias: None,
                     residual: None,
                     accumulate: false,
+                    gelu: None,
                 },
-                staged,
+                staged.clone(),
             );
         }
         k.cross_entropy.forward_backward(
@@ -707,7 +741,7 @@ impl Workspace {
 
         // ---- backward ----
         // dln_f_rows (R, C) = dlogits · wte, differentiating logits = x·wteᵀ in x; summed over chunks.
-        for (i, (chunk, &staged)) in w.wte.iter().zip(&staged_wte).enumerate() {
+        for (i, (chunk, staged)) in w.wte.iter().zip(&staged_wte).enumerate() {
             k.weight_gemms().gemm_with_staged_b(
                 p,
                 "lm_head_backward",
@@ -722,8 +756,9 @@ impl Workspace {
                     bias: None,
                     residual: None,
                     accumulate: i > 0,
+                    gelu: None,
                 },
-                staged,
+                staged.clone(),
             );
         }
         if let Some(g) = grads {
@@ -744,6 +779,7 @@ impl Workspace {
                         bias: None,
                         residual: None,
                         accumulate: false,
+                        gelu: None,
                     },
                 );
             }
@@ -784,11 +820,14 @@ impl Workspace {
             let dh_out = &self.dhidden[l + 1];
             let lg = grads.map(|g| &g.layers[l]);
             // MLP: h_out = mid + gelu(LN2(mid)·W_fc + b_fc)·W_proj + b_proj
-            k.weight_gemms().backward_input(
+            // d_fc_pre = (dh_out · W_projᵀ) ⊙ gelu'(fc_pre): the activation's backward in the
+            // GEMM's epilogue
+            k.weight_gemms().backward_input_gelu(
                 p,
-                &self.d_fc_act,
+                &self.d_fc_pre,
                 dh_out,
                 lw.fc_proj_w.weight(),
+                &self.fc_pre[l],
                 (n, f, c),
             );
             if let Some(lg) = lg {
@@ -801,8 +840,6 @@ impl Workspace {
                     (n, f, c),
                 );
             }
-            k.gelu
-                .backward(p, &self.d_fc_pre, &self.d_fc_act, &self.fc_pre[l], n * f);
             k.weight_gemms().backward_input(
                 p,
                 &self.d_ln,
@@ -932,7 +969,7 @@ fn scratch_texture_bytes(
     cfg: &GptConfig,
     (t, rows, backward): (usize, usize, bool),
     format: WeightFormat,
-    textured_weights: bool,
+    (textured_weights, wte_textured): (bool, bool),
     chunk_rows: usize,
     max_texels: u64,
 ) -> u64 {
@@ -961,11 +998,13 @@ fn scratch_texture_bytes(
     let mut wte_slots = 0;
     let texture_rows = |texels: u64| texels.div_ceil(TEXTURE_ROW_TEXELS);
     if rows <= LM_HEAD_STAGED_ROWS {
+        // staged every pass, unless the engine keeps wte in textures
         wte_slots = chunks
             .iter()
             .filter_map(|&n| staged_weight_texels(n * c, max_texels))
             .map(texture_rows)
-            .sum::<u64>();
+            .sum::<u64>()
+            * u64::from(!wte_textured);
     } else {
         for (i, &n) in chunks.iter().enumerate() {
             let row0 = ld(i * chunk_rows);
@@ -988,7 +1027,28 @@ fn scratch_texture_bytes(
     let weight_texel = 4 * format.bytes_per_weight() as u64;
     // a texture exists only if something is staged into it
     let slot = |texels: u64, texel_bytes: u64| texture_rows(texels) * row_bytes(texel_bytes);
-    slot(a_max, 16) + slot(b_max, weight_texel) + wte_slots * row_bytes(weight_texel)
+    // the attention's subgroup kernels: qkv and A, and for the backward G and R
+    let shape = AttentionShape {
+        b: 1,
+        t,
+        c,
+        nh: cfg.n_head,
+        layer: 0,
+    };
+    let hs = c / cfg.n_head;
+    let (qkv, map) = crate::layers::attention::staged_texels(shape);
+    let attention = if hs % 4 == 0 && hs <= 64 && c % 4 == 0 && qkv.max(map) <= max_texels {
+        let forward = slot(qkv, 16) + slot(map, 16);
+        forward
+            + if backward {
+                slot(qkv / 3, 16) + slot(map, 16)
+            } else {
+                0
+            }
+    } else {
+        0
+    };
+    slot(a_max, 16) + slot(b_max, weight_texel) + wte_slots * row_bytes(weight_texel) + attention
 }
 
 /// What running one sequence needs on the adapter, computed before anything is allocated: the
@@ -1070,7 +1130,24 @@ impl MemoryEstimate {
         } else {
             vectors.iter().chain(&matrices).copied().collect()
         };
+        // an inference engine's wte chunks as textures too, where every chunk fits one
+        let chunk_sizes: Vec<usize> = (0..v)
+            .step_by(chunk_rows)
+            .map(|r0| chunk_rows.min(v - r0) * c)
+            .collect();
+        let wte_textured = textured
+            && limits.scratch_texels.is_some_and(|max_texels| {
+                chunk_sizes
+                    .iter()
+                    .all(|&n| crate::layers::linear::staged_weight_texels(n, max_texels).is_some())
+            });
+        let wte_textures: u64 = if wte_textured {
+            chunk_sizes.iter().map(|&n| texture_bytes(n, weights)).sum()
+        } else {
+            0
+        };
         let weights_bytes = wte.iter().sum::<u64>()
+            + wte_textures
             + b(cfg.n_positions * c)
             + nl as u64 * (vectors.iter().sum::<u64>() + matrices.iter().sum::<u64>())
             + 2 * b(c);
@@ -1105,17 +1182,10 @@ impl MemoryEstimate {
         sizes.extend(std::iter::repeat_n(b(t * f), nl)); // fc_pre
         if backward {
             sizes.extend(std::iter::repeat_n(b(t * c), nl + 1)); // dhidden
-            sizes.extend([
-                b(t * f),
-                b(t * f),
-                b(t * c),
-                b(t * c),
-                b(t * c),
-                b(t * 3 * c),
-            ]);
+            sizes.extend([b(t * f), b(t * c), b(t * c), b(t * c), b(t * 3 * c)]);
             sizes.extend(std::iter::repeat_n(att, nl)); // ra
         } else {
-            sizes.extend([b(1), b(1), b(1), b(1), b(1), b(1)]);
+            sizes.extend([b(1), b(1), b(1), b(1), b(1)]);
         }
         let largest_buffer = sizes
             .iter()
@@ -1129,7 +1199,7 @@ impl MemoryEstimate {
                 cfg,
                 (t, rows, backward),
                 weight_format,
-                textured,
+                (textured, wte_textured),
                 chunk_rows,
                 max_texels,
             )

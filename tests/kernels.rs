@@ -12,9 +12,10 @@ use revattn::layers::embedding::{Embedding, VocabChunk};
 use revattn::layers::gelu::Gelu;
 use revattn::layers::layernorm::{LayerNorm, LayerNormSaved};
 use revattn::layers::linear::{
-    texel_format, weights_fit_textures, Gemm, GemmKernels, GemmOp, Linear, Operand, Weight,
+    block_weights, texel_format, weights_fit_textures, Gemm, GemmKernels, GemmOp, Linear, Operand,
+    Weight,
 };
-use revattn::layers::{execute, max_scratch_texels, PlanBuilder, WeightFormat};
+use revattn::layers::{execute, max_scratch_texels, PlanBuilder, TextureBinding, WeightFormat};
 use revattn::loss::{LossKind, Sequence};
 use revattn::model::f16_bits;
 use revattn::reference;
@@ -183,8 +184,8 @@ fn check_linear(ctx: &GpuContext, linear: &Linear, format: WeightFormat) {
         );
         // W kept in a texture, as inference engines on CPU adapters keep it (any M).
         if linear.has_texture_kernels() && weights_fit_textures(k, n, max_scratch_texels(ctx)) {
-            let wt =
-                ctx.upload_texels("w texture", &weight_bytes(&w, format), texel_format(format));
+            let blocked = weight_bytes(&block_weights(&w, k, n), format);
+            let wt = ctx.upload_texels("w texture", &blocked, texel_format(format));
             run(ctx, |p| {
                 linear.forward(
                     p,
@@ -236,6 +237,87 @@ fn check_linear(ctx: &GpuContext, linear: &Linear, format: WeightFormat) {
             &want_db,
             REL_TOL,
         );
+    }
+}
+
+/// c_fc with GPT-2's activation in the GEMM epilogue (`forward_gelu`) and the backward through
+/// both (`backward_input_gelu`), every family, W in a buffer and (texture family) in a texture.
+#[test]
+fn gelu_epilogues_match_reference() {
+    let ctx = gpu();
+    let mut rng = Rng(9);
+    for kernels in FAMILIES {
+        let linear = Linear::with_kernels(&ctx, kernels, WeightFormat::F32);
+        for &(m, k, n) in &[(1, 8, 12), (5, 13, 7), (21, 36, 44), (70, 64, 132)] {
+            let x = rng.vec(m * k, 1.0);
+            let w = rng.vec(k * n, 0.5);
+            let b = rng.vec(n, 0.3);
+            let dout = rng.vec(m * n, 1.0); // dact of c_proj's backward: (m, n) · Wᵀ → (m, k)
+            let pre_in = rng.vec(m * k, 2.0);
+            let (xb, wb, bb) = (
+                ctx.upload("x", &x),
+                ctx.upload("w", &w),
+                ctx.upload("b", &b),
+            );
+            let (doutb, pre_inb) = (ctx.upload("dout", &dout), ctx.upload("pre", &pre_in));
+            let wt = (linear.has_texture_kernels()
+                && weights_fit_textures(k, n, max_scratch_texels(&ctx)))
+            .then(|| {
+                ctx.upload_texels(
+                    "w",
+                    bytemuck::cast_slice(&block_weights(&w, k, n)),
+                    texel_format(WeightFormat::F32),
+                )
+            });
+            let mut weights = vec![("buffer", Weight::Buffer(&wb))];
+            if let Some(view) = &wt {
+                weights.push(("texture", Weight::Texture(view)));
+            }
+            let mut pre_want = vec![0.0; m * n];
+            reference::linear_forward(
+                &mut pre_want,
+                &to_f64(&x),
+                &to_f64(&w),
+                Some(&to_f64(&b)),
+                m,
+                k,
+                n,
+            );
+            let mut act_want = vec![0.0; m * n];
+            reference::gelu_forward(&mut act_want, &pre_want);
+            let mut dact = vec![0.0; m * k];
+            reference::linear_backward_input(&mut dact, &to_f64(&dout), &to_f64(&w), m, k, n);
+            let mut dpre_want = vec![0.0; m * k];
+            reference::gelu_backward(&mut dpre_want, &dact, &to_f64(&pre_in));
+            for (where_, weight) in weights {
+                let pre = ctx.storage("pre", 4 * (m * n) as u64);
+                let act = ctx.storage("act", 4 * (m * n) as u64);
+                let dpre = ctx.storage("dpre", 4 * (m * k) as u64);
+                run(&ctx, |p| {
+                    linear.forward_gelu(p, &pre, &act, &xb, weight, Some(&bb), (m, k, n));
+                    linear.backward_input_gelu(p, &dpre, &doutb, weight, &pre_inb, (m, k, n));
+                });
+                let tag = format!("M{m} K{k} N{n} ({kernels:?}, W in a {where_})");
+                assert_close(
+                    &format!("c_fc pre {tag}"),
+                    &read(&ctx, &pre, m * n),
+                    &pre_want,
+                    REL_TOL,
+                );
+                assert_close(
+                    &format!("gelu act {tag}"),
+                    &read(&ctx, &act, m * n),
+                    &act_want,
+                    REL_TOL,
+                );
+                assert_close(
+                    &format!("gelu dpre {tag}"),
+                    &read(&ctx, &dpre, m * k),
+                    &dpre_want,
+                    REL_TOL,
+                );
+            }
+        }
     }
 }
 
@@ -294,9 +376,10 @@ fn check_lm_head(
                 staged
                     .then(|| linear.stage_weights(p, 2 + i as u8, buf, n * c))
                     .flatten()
+                    .map(TextureBinding::Scratch)
             })
             .collect();
-        for ((&(s, n), buf), &staged) in chunks.iter().zip(&chunk_bufs).zip(&staged) {
+        for ((&(s, n), buf), staged) in chunks.iter().zip(&chunk_bufs).zip(&staged) {
             linear.gemm_with_staged_b(
                 p,
                 "lm_head_forward",
@@ -311,12 +394,12 @@ fn check_lm_head(
                     bias: None,
                     residual: None,
                     accumulate: false,
+                    gelu: None,
                 },
-                staged,
+                staged.clone(),
             );
         }
-        for (i, ((&(s, n), buf), &staged)) in
-            chunks.iter().zip(&chunk_bufs).zip(&staged).enumerate()
+        for (i, ((&(s, n), buf), staged)) in chunks.iter().zip(&chunk_bufs).zip(&staged).enumerate()
         {
             linear.gemm_with_staged_b(
                 p,
@@ -332,8 +415,9 @@ fn check_lm_head(
                     bias: None,
                     residual: None,
                     accumulate: i > 0,
+                    gelu: None,
                 },
-                staged,
+                staged.clone(),
             );
         }
     });
@@ -386,7 +470,18 @@ fn layernorm_forward_and_backward_match_reference() {
 
 fn check_layernorm(ctx: &GpuContext, ln: &LayerNorm) {
     let mut rng = Rng(3);
-    for &(rows, c) in &[(1, 1), (1, 15), (5, 7), (17, 64), (33, 130), (3, 769)] {
+    // C a multiple of 4 takes the subgroup kernels where the adapter has them
+    for &(rows, c) in &[
+        (1, 1),
+        (1, 15),
+        (5, 7),
+        (17, 64),
+        (33, 130),
+        (3, 769),
+        (9, 36),
+        (2, 768),
+        (70, 132),
+    ] {
         let x: Vec<f32> = rng.vec(rows * c, 2.0).iter().map(|v| v + 0.5).collect();
         let w: Vec<f32> = rng.vec(c, 0.3).iter().map(|v| v + 1.0).collect();
         let b = rng.vec(c, 0.2);

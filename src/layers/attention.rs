@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::PlanBuilder;
+use super::{max_scratch_texels, PlanBuilder, ScratchTexture, TextureBinding};
 use crate::gpu::{GpuContext, KernelProfile};
 
 #[repr(C)]
@@ -20,6 +20,19 @@ struct Params {
 }
 
 const HAS_PATCH: u32 = 1;
+
+/// Scratch textures the subgroup kernels read (`attention_subgroup.wgsl`, bindings 15–18): the
+/// layer's qkv, G = dz, A and R, staged before the kernels that read them, 4 values per texel.
+const fn staged(slot: u8) -> ScratchTexture {
+    ScratchTexture {
+        slot,
+        format: wgpu::TextureFormat::Rgba32Float,
+    }
+}
+const QKV_TEXTURE: ScratchTexture = staged(10);
+const DZ_TEXTURE: ScratchTexture = staged(11);
+const ATT_TEXTURE: ScratchTexture = staged(12);
+const RA_TEXTURE: ScratchTexture = staged(13);
 
 /// Sizes and switches shared by all kernels of one layer.
 #[derive(Clone, Copy)]
@@ -159,12 +172,18 @@ impl Attention {
     }
 
     /// The subgroup kernels, where they apply: vec4 heads of at most 64 channels (16 quads, two
-    /// per lane).
-    fn subgroup_kernels(&self, s: AttentionShape) -> Option<&[wgpu::ComputePipeline; 5]> {
+    /// per lane), and qkv and the maps small enough for a scratch texture.
+    fn subgroup_kernels(
+        &self,
+        plan: &PlanBuilder,
+        s: AttentionShape,
+    ) -> Option<&[wgpu::ComputePipeline; 5]> {
         let hs = s.c / s.nh;
+        let (qkv, maps) = staged_texels(s);
+        let fits = qkv.max(maps) <= max_scratch_texels(plan.ctx());
         self.subgroup
             .as_ref()
-            .filter(|_| hs % 4 == 0 && hs <= 64 && s.c % 4 == 0)
+            .filter(|_| hs % 4 == 0 && hs <= 64 && s.c % 4 == 0 && fits)
     }
 
     fn params(s: AttentionShape, patch: Option<f32>) -> Params {
@@ -196,23 +215,43 @@ impl Attention {
     ) {
         let (k, v) = self.variant(s);
         let params = Self::params(s, b.patch.map(|p| p.1));
-        match (self.subgroup_kernels(s), &self.rows) {
-            (Some([softmax_sg, ..]), _) => plan.dispatch(
+        if let Some([softmax, _, values, _, _]) = self.subgroup_kernels(plan, s) {
+            let (qkv_texels, map_texels) = staged_texels(s);
+            let grid = Self::subgroup_grid(s);
+            plan.stage(QKV_TEXTURE, b.qkv, 0, qkv_texels);
+            plan.dispatch_with_textures(
                 "attention_softmax_forward",
-                softmax_sg,
+                softmax,
                 &params,
-                &[(11, b.qkv), (2, b.att)],
-                Self::subgroup_grid(s),
-            ),
+                &[(2, b.att)],
+                &[(15, TextureBinding::Scratch(QKV_TEXTURE))],
+                grid,
+            );
+            plan.stage(ATT_TEXTURE, b.att, 0, map_texels);
+            let patch = b.patch.map(|p| p.0).unwrap_or(&self.unused);
+            plan.dispatch_with_textures(
+                "attention_values_forward",
+                values,
+                &params,
+                &[(4, patch), (5, b.head_scale), (12, z)],
+                &[
+                    (15, TextureBinding::Scratch(QKV_TEXTURE)),
+                    (17, TextureBinding::Scratch(ATT_TEXTURE)),
+                ],
+                grid,
+            );
+            return;
+        }
+        match &self.rows {
             // The row kernels pick scalar or vec4 loads themselves: both views are bound.
-            (None, Some([softmax_rows, _])) => plan.dispatch(
+            Some([softmax_rows, _]) => plan.dispatch(
                 "attention_softmax_forward",
                 softmax_rows,
                 &params,
                 &[(1, b.qkv), (11, b.qkv), (2, b.att)],
                 [(s.t as u32).div_ceil(64), s.nh as u32, s.b as u32],
             ),
-            (None, None) => plan.dispatch(
+            None => plan.dispatch(
                 "attention_softmax_forward",
                 &k.softmax_forward,
                 &params,
@@ -221,16 +260,10 @@ impl Attention {
             ),
         }
         let patch = b.patch.map(|p| p.0).unwrap_or(&self.unused);
-        let (values, grid) = match self.subgroup_kernels(s) {
-            Some([_, _, values, _, _]) => (values, Self::subgroup_grid(s)),
-            None => (
-                &k.values_forward,
-                [(s.c as u32 / v.width).div_ceil(64), s.t as u32, s.b as u32],
-            ),
-        };
+        let grid = [(s.c as u32 / v.width).div_ceil(64), s.t as u32, s.b as u32];
         plan.dispatch(
             "attention_values_forward",
-            values,
+            &k.values_forward,
             &params,
             &[
                 (v.qkv, b.qkv),
@@ -255,21 +288,48 @@ impl Attention {
     ) {
         let (k, v) = self.variant(s);
         let params = Self::params(s, b.patch.map(|p| p.1));
-        match (self.subgroup_kernels(s), &self.rows) {
-            (Some([_, scores_sg, ..]), _) => plan.dispatch(
+        if let Some([_, scores, _, query, key_value]) = self.subgroup_kernels(plan, s) {
+            let (qkv_texels, map_texels) = staged_texels(s);
+            let grid = Self::subgroup_grid(s);
+            let [qkv_tex, dz_tex, att_tex, ra_tex] =
+                [QKV_TEXTURE, DZ_TEXTURE, ATT_TEXTURE, RA_TEXTURE].map(TextureBinding::Scratch);
+            plan.stage(QKV_TEXTURE, b.qkv, 0, qkv_texels);
+            plan.stage(DZ_TEXTURE, dz, 0, qkv_texels / 3);
+            plan.stage(ATT_TEXTURE, b.att, 0, map_texels);
+            plan.dispatch_with_textures(
                 "attention_scores_backward",
-                scores_sg,
+                scores,
                 &params,
+                &[(3, b.att), (5, b.head_scale), (8, ra)],
                 &[
-                    (11, b.qkv),
-                    (3, b.att),
-                    (5, b.head_scale),
-                    (13, dz),
-                    (8, ra),
+                    (15, qkv_tex.clone()),
+                    (16, dz_tex.clone()),
+                    (17, att_tex.clone()),
                 ],
-                Self::subgroup_grid(s),
-            ),
-            (None, Some([_, scores_rows])) => plan.dispatch(
+                grid,
+            );
+            plan.stage(RA_TEXTURE, ra, 0, map_texels);
+            plan.dispatch_with_textures(
+                "attention_query_backward",
+                query,
+                &params,
+                &[(14, dqkv)],
+                &[(15, qkv_tex.clone()), (18, ra_tex.clone())],
+                grid,
+            );
+            let patch = b.patch.map(|p| p.0).unwrap_or(&self.unused);
+            plan.dispatch_with_textures(
+                "attention_key_value_backward",
+                key_value,
+                &params,
+                &[(4, patch), (5, b.head_scale), (14, dqkv)],
+                &[(15, qkv_tex), (16, dz_tex), (17, att_tex), (18, ra_tex)],
+                grid,
+            );
+            return;
+        }
+        match &self.rows {
+            Some([_, scores_rows]) => plan.dispatch(
                 "attention_scores_backward",
                 scores_rows,
                 &params,
@@ -284,7 +344,7 @@ impl Attention {
                 ],
                 [(s.t as u32).div_ceil(64), s.nh as u32, s.b as u32],
             ),
-            (None, None) => plan.dispatch(
+            None => plan.dispatch(
                 "attention_scores_backward",
                 &k.scores_backward,
                 &params,
@@ -298,14 +358,8 @@ impl Attention {
                 [s.t as u32, s.nh as u32, s.b as u32],
             ),
         }
-        let (query, key_value, grid) = match self.subgroup_kernels(s) {
-            Some([_, _, _, query, key_value]) => (query, key_value, Self::subgroup_grid(s)),
-            None => (
-                &k.query_backward,
-                &k.key_value_backward,
-                [(s.c as u32 / v.width).div_ceil(64), s.t as u32, s.b as u32],
-            ),
-        };
+        let (query, key_value) = (&k.query_backward, &k.key_value_backward);
+        let grid = [(s.c as u32 / v.width).div_ceil(64), s.t as u32, s.b as u32];
         plan.dispatch(
             "attention_query_backward",
             query,
@@ -330,4 +384,12 @@ impl Attention {
             grid,
         );
     }
+}
+
+/// Texels of the staged qkv (dz is a third of it) and of a staged attention map (A or R), for
+/// the subgroup kernels.
+pub fn staged_texels(s: AttentionShape) -> (u64, u64) {
+    let qkv = (s.b * s.t * 3 * s.c / 4) as u64;
+    let map = ((s.b * s.nh * s.t * s.t) as u64).div_ceil(4);
+    (qkv, map)
 }

@@ -25,7 +25,10 @@ impl Gelu {
         let [forward, backward] = pipelines(
             ctx,
             "gelu.wgsl",
-            include_str!("../../shaders/gelu.wgsl"),
+            concat!(
+                include_str!("../../shaders/gelu_math.wgsl"),
+                include_str!("../../shaders/gelu.wgsl")
+            ),
             ["gelu_forward", "gelu_backward"],
         );
         Gelu { forward, backward }

@@ -1,6 +1,7 @@
 //! LayerNorm: forward (with the mean and rstd the backward needs), backward with the residual
 //! gradient added in the same pass, and the gradients of its weight and bias.
-//! Kernels: `shaders/layernorm.wgsl`.
+//! Kernels: `shaders/layernorm.wgsl` and, on CPU adapters with 8-lane subgroups,
+//! `shaders/layernorm_subgroup.wgsl` (one subgroup per row, for C a multiple of 4).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -26,6 +27,8 @@ pub struct LayerNorm {
     backward: wgpu::ComputePipeline,
     /// One invocation per row instead of one workgroup (CPU adapters).
     row_kernels: bool,
+    /// `layernorm_subgroup.wgsl`'s forward and backward, taken where C is a multiple of 4.
+    subgroup: Option<[wgpu::ComputePipeline; 2]>,
     param_backward: wgpu::ComputePipeline,
     unused: wgpu::Buffer,
 }
@@ -44,8 +47,18 @@ impl LayerNorm {
         Self::with_row_kernels(ctx, ctx.profile == KernelProfile::CpuAdapter)
     }
 
-    /// `row_kernels` picks one invocation per row (tests run both variants).
+    /// `row_kernels` picks the CPU-adapter kernels: one subgroup per row where the adapter has
+    /// 8-lane subgroups and C is a multiple of 4, else one invocation per row (tests run both
+    /// families).
     pub fn with_row_kernels(ctx: &GpuContext, row_kernels: bool) -> Self {
+        let subgroup = (row_kernels && ctx.subgroups_of_8).then(|| {
+            pipelines(
+                ctx,
+                "layernorm_subgroup.wgsl",
+                include_str!("../../shaders/layernorm_subgroup.wgsl"),
+                ["layernorm_forward_sg", "layernorm_backward_sg"],
+            )
+        });
         let (fwd, bwd) = if row_kernels {
             ("layernorm_forward_rows", "layernorm_backward_rows")
         } else {
@@ -61,17 +74,30 @@ impl LayerNorm {
             forward,
             backward,
             row_kernels,
+            subgroup,
             param_backward,
             unused: ctx.storage("unused", 16),
         }
     }
 
-    /// A workgroup per row, or an invocation per row in workgroups of 64.
-    fn grid(&self, rows: usize) -> [u32; 3] {
-        if self.row_kernels {
-            grid_2d((rows as u32).div_ceil(64)).0
-        } else {
-            grid_2d(rows as u32).0
+    /// The forward or backward kernel for rows of `c` channels, and its grid: a workgroup (or
+    /// subgroup) per row, or an invocation per row in workgroups of 64.
+    fn kernel(&self, backward: bool, rows: usize, c: usize) -> (&wgpu::ComputePipeline, [u32; 3]) {
+        match &self.subgroup {
+            Some(sg) if c % 4 == 0 => (&sg[usize::from(backward)], grid_2d(rows as u32).0),
+            _ => {
+                let pipeline = if backward {
+                    &self.backward
+                } else {
+                    &self.forward
+                };
+                let grid = if self.row_kernels {
+                    grid_2d((rows as u32).div_ceil(64)).0
+                } else {
+                    grid_2d(rows as u32).0
+                };
+                (pipeline, grid)
+            }
         }
     }
 
@@ -98,12 +124,13 @@ impl LayerNorm {
             dout_rows: 0,
             _pad: [0; 2],
         };
+        let (pipeline, grid) = self.kernel(false, rows, c);
         plan.dispatch(
             "layernorm_forward",
-            &self.forward,
+            pipeline,
             &params,
             &[(1, x), (2, w), (3, b), (4, out), (5, mean), (6, rstd)],
-            self.grid(rows),
+            grid,
         );
     }
 
@@ -129,9 +156,10 @@ impl LayerNorm {
             dout_rows: dout_rows.len() as u32,
             _pad: [0; 2],
         };
+        let (pipeline, grid) = self.kernel(true, rows, c);
         plan.dispatch(
             "layernorm_backward",
-            &self.backward,
+            pipeline,
             &params,
             &[
                 (1, saved.x),
@@ -142,7 +170,7 @@ impl LayerNorm {
                 (10, dresidual.unwrap_or(&self.unused)),
                 (11, dx),
             ],
-            self.grid(rows),
+            grid,
         );
     }
 

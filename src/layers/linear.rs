@@ -35,6 +35,8 @@ struct Params {
 const HAS_BIAS: u32 = 1;
 const HAS_RESIDUAL: u32 = 2;
 const ACCUMULATE: u32 = 4;
+const GELU_FORWARD: u32 = 8;
+const GELU_BACKWARD: u32 = 16;
 /// Each workgroup covers a 32×32 block of C (8×8 invocations × 4×4 outputs).
 const TILE: u32 = 32;
 
@@ -63,8 +65,9 @@ impl<'a> Operand<'a> {
     }
 }
 
-/// A weight matrix operand (B of x·W and dy·Wᵀ): a storage buffer, or a texture in the texture
-/// GEMMs' layout (`GpuContext::upload_texels`), which only the texture family reads.
+/// A weight matrix operand (B of x·W and dy·Wᵀ): a storage buffer, or a texture holding W
+/// (K_in × N_out) in 4×4 blocks (`block_weights`, then `GpuContext::upload_texels`), which only
+/// the texture family reads.
 #[derive(Clone, Copy)]
 pub enum Weight<'a> {
     Buffer(&'a wgpu::Buffer),
@@ -88,7 +91,17 @@ pub enum GemmOp {
     TN,
 }
 
-/// C (M×N) = op(A) · op(B) [+ bias (N)] [+ residual (same layout as C)] [+ C].
+/// gelu_new applied in a GEMM's epilogue (`shaders/gelu_math.wgsl`): GPT-2's MLP activation
+/// fused into c_fc and its backward, saving a pass over the (T, 4C) activations each way.
+#[derive(Clone, Copy)]
+pub enum GeluEpilogue<'a> {
+    /// C = the GEMM's result (c_fc's output) and `act` (same layout) = gelu_new(C).
+    Forward { act: &'a wgpu::Buffer },
+    /// C = the GEMM's result ⊙ gelu_new'(`pre`), differentiating act = gelu_new(pre) in pre.
+    Backward { pre: &'a wgpu::Buffer },
+}
+
+/// C (M×N) = op(A) · op(B) [+ bias (N)] [+ residual (same layout as C)] [+ C] [then gelu].
 pub struct Gemm<'a> {
     pub m: usize,
     pub n: usize,
@@ -102,6 +115,7 @@ pub struct Gemm<'a> {
     pub bias: Option<&'a wgpu::Buffer>,
     pub residual: Option<&'a wgpu::Buffer>,
     pub accumulate: bool,
+    pub gelu: Option<GeluEpilogue<'a>>,
 }
 
 /// Which GEMM kernel families a [`Linear`] may choose from; each GEMM takes the fastest family
@@ -136,11 +150,14 @@ pub struct Linear {
     /// (once per machine; Mesa caches them on disk), which a short prompt never needs.
     wide: Option<[OnceLock<wgpu::ComputePipeline>; 2]>,
     /// `shaders/linear_texture.wgsl`'s kernels (`TEXTURE_ENTRIES`), compiled on first use.
-    texture: Option<[OnceLock<wgpu::ComputePipeline>; 5]>,
+    texture: Option<[OnceLock<wgpu::ComputePipeline>; 7]>,
     /// How every kernel of this instance reads operand B (`WeightFormat::F16`: packed halves,
     /// for the GEMMs whose B is a weight matrix; A and C are always f32).
     b_format: WeightFormat,
+    /// Placeholders for the bindings a GEMM does not use: read-only (bias, residual, B of a
+    /// texture GEMM) and read-write (gelu's tensor); one buffer cannot be both in a dispatch.
     unused: wgpu::Buffer,
+    unused_rw: wgpu::Buffer,
 }
 
 impl Linear {
@@ -182,7 +199,14 @@ impl Linear {
         let [nn, nt, tn, column_sum] = pipelines(
             ctx,
             "linear.wgsl",
-            &with_storage(include_str!("../../shaders/linear.wgsl"), "b", b_format),
+            &with_storage(
+                concat!(
+                    include_str!("../../shaders/gelu_math.wgsl"),
+                    include_str!("../../shaders/linear.wgsl")
+                ),
+                "b",
+                b_format,
+            ),
             ["matmul_nn", "matmul_nt", "matmul_tn", "column_sum"],
         );
         let subgroup = (use_subgroups && ctx.subgroups_of_8).then(|| {
@@ -190,7 +214,10 @@ impl Linear {
                 ctx,
                 "linear_subgroup.wgsl",
                 &with_storage(
-                    include_str!("../../shaders/linear_subgroup.wgsl"),
+                    concat!(
+                        include_str!("../../shaders/gelu_math.wgsl"),
+                        include_str!("../../shaders/linear_subgroup.wgsl")
+                    ),
                     "b4",
                     b_format,
                 ),
@@ -218,6 +245,7 @@ impl Linear {
             texture,
             b_format,
             unused: ctx.storage("unused", 16),
+            unused_rw: ctx.storage("unused rw", 16),
         }
     }
 
@@ -249,6 +277,7 @@ impl Linear {
             bias: b,
             residual,
             accumulate: false,
+            gelu: None,
         });
     }
 
@@ -272,6 +301,61 @@ impl Linear {
             bias: None,
             residual: None,
             accumulate: false,
+            gelu: None,
+        });
+    }
+
+    /// pre (M, N) = x (M, K) · w (K, N) + b (N) and act (M, N) = gelu_new(pre) in the same
+    /// pass (c_fc and GPT-2's MLP activation).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_gelu(
+        &self,
+        plan: &mut PlanBuilder,
+        pre: &wgpu::Buffer,
+        act: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        w: Weight,
+        b: Option<&wgpu::Buffer>,
+        (m, k, n): (usize, usize, usize),
+    ) {
+        self.weight_gemm(plan, "linear_forward", w, |w| Gemm {
+            m,
+            n,
+            k,
+            a: Operand::new(x, k),
+            b: Operand::new(w, n),
+            op: GemmOp::NN,
+            c: Operand::new(pre, n),
+            bias: b,
+            residual: None,
+            accumulate: false,
+            gelu: Some(GeluEpilogue::Forward { act }),
+        });
+    }
+
+    /// dpre (M, K) = (dact (M, N) · wᵀ) ⊙ gelu_new'(pre), differentiating act = gelu_new(pre)
+    /// and, before it, out = act·w in act (the MLP's c_proj backward and the activation's).
+    pub fn backward_input_gelu(
+        &self,
+        plan: &mut PlanBuilder,
+        dpre: &wgpu::Buffer,
+        dout: &wgpu::Buffer,
+        w: Weight,
+        pre: &wgpu::Buffer,
+        (m, k, n): (usize, usize, usize),
+    ) {
+        self.weight_gemm(plan, "linear_backward_input", w, |w| Gemm {
+            m,
+            n: k,
+            k: n,
+            a: Operand::new(dout, n),
+            b: Operand::new(w, n),
+            op: GemmOp::NT,
+            c: Operand::new(dpre, k),
+            bias: None,
+            residual: None,
+            accumulate: false,
+            gelu: Some(GeluEpilogue::Backward { pre }),
         });
     }
 
@@ -323,6 +407,7 @@ impl Linear {
                 bias: None,
                 residual: None,
                 accumulate: false,
+                gelu: None,
             },
         );
         self.column_sum(
@@ -366,6 +451,7 @@ impl Linear {
                 (3, &self.unused),
                 (4, &self.unused),
                 (5, out),
+                (8, &self.unused_rw),
             ],
             [(n as u32).div_ceil(64), 1, 1],
         );
@@ -382,13 +468,8 @@ impl Linear {
             "the weight-gradient GEMM reads an f32 operand B"
         );
         let params = self.params(g);
-        let common = [
-            (1, g.a.buffer),
-            (2, g.b.buffer),
-            (3, g.bias.unwrap_or(&self.unused)),
-            (4, g.residual.unwrap_or(&self.unused)),
-            (5, g.c.buffer),
-        ];
+        let [bias, residual, c, gelu] = self.epilogue_bindings(g);
+        let common = [(1, g.a.buffer), (2, g.b.buffer), bias, residual, c, gelu];
         let (m, n) = (g.m as u32, g.n as u32);
         let quads = |x: u32| x % 4 == 0;
         // The subgroup kernels read A and B as vec4 rows along K (and B along N in nn).
@@ -409,6 +490,7 @@ impl Linear {
                 cell.get_or_init(|| {
                     // The wide kernels use linear_subgroup.wgsl's parameters and helpers.
                     let source = concat!(
+                        include_str!("../../shaders/gelu_math.wgsl"),
                         include_str!("../../shaders/linear_subgroup.wgsl"),
                         include_str!("../../shaders/linear_subgroup_wide.wgsl"),
                     );
@@ -517,8 +599,10 @@ impl Linear {
             return false;
         };
         plan.stage(A_TEXTURE, g.a.buffer, 4 * u64::from(g.a.offset), a_texels);
-        let b_texture = match resident_b {
-            Some(view) => TextureBinding::View(view.clone()),
+        let (entry, b_texture) = match resident_b {
+            // the blocked-weight variants of nn and nt
+            Some(view) if entry < 2 => (entry + 5, TextureBinding::View(view.clone())),
+            Some(_) => panic!("{label}: Aᵀ·B reads no weight texture"),
             None => {
                 let scratch = ScratchTexture {
                     slot: 1,
@@ -531,7 +615,7 @@ impl Linear {
                     b_bytes * u64::from(g.b.offset),
                     b_texels,
                 );
-                TextureBinding::Scratch(scratch)
+                (entry, TextureBinding::Scratch(scratch))
             }
         };
         let pipeline = self.texture_pipeline(plan.ctx(), cells, entry);
@@ -539,15 +623,26 @@ impl Linear {
             label,
             &pipeline,
             params,
-            &[
-                (3, g.bias.unwrap_or(&self.unused)),
-                (4, g.residual.unwrap_or(&self.unused)),
-                (5, g.c.buffer),
-            ],
+            &self.epilogue_bindings(g),
             &[(6, TextureBinding::Scratch(A_TEXTURE)), (7, b_texture)],
             [(g.n as u32).div_ceil(32), (g.m as u32).div_ceil(16), 1],
         );
         true
+    }
+
+    /// Bindings 3, 4, 5 and 8 of every GEMM kernel: bias, residual, C and gelu's other tensor.
+    fn epilogue_bindings<'g>(&'g self, g: &Gemm<'g>) -> [(u32, &'g wgpu::Buffer); 4] {
+        let gelu = match g.gelu {
+            None => &self.unused_rw,
+            Some(GeluEpilogue::Forward { act }) => act,
+            Some(GeluEpilogue::Backward { pre }) => pre,
+        };
+        [
+            (3, g.bias.unwrap_or(&self.unused)),
+            (4, g.residual.unwrap_or(&self.unused)),
+            (5, g.c.buffer),
+            (8, gelu),
+        ]
     }
 
     fn params(&self, g: &Gemm) -> Params {
@@ -557,7 +652,12 @@ impl Linear {
             } else {
                 0
             }
-            | if g.accumulate { ACCUMULATE } else { 0 };
+            | if g.accumulate { ACCUMULATE } else { 0 }
+            | match g.gelu {
+                None => 0,
+                Some(GeluEpilogue::Forward { .. }) => GELU_FORWARD,
+                Some(GeluEpilogue::Backward { .. }) => GELU_BACKWARD,
+            };
         Params {
             m: g.m as u32,
             n: g.n as u32,
@@ -578,13 +678,14 @@ impl Linear {
     fn texture_pipeline(
         &self,
         ctx: &GpuContext,
-        cells: &[OnceLock<wgpu::ComputePipeline>; 5],
+        cells: &[OnceLock<wgpu::ComputePipeline>; 7],
         entry: usize,
     ) -> wgpu::ComputePipeline {
         cells[entry]
             .get_or_init(|| {
                 // The texture kernels use linear_subgroup.wgsl's parameters and store helpers.
                 let source = concat!(
+                    include_str!("../../shaders/gelu_math.wgsl"),
                     include_str!("../../shaders/linear_subgroup.wgsl"),
                     include_str!("../../shaders/linear_texture.wgsl"),
                 );
@@ -621,15 +722,16 @@ impl Linear {
         Some(target)
     }
 
-    /// `gemm` for at most 8 rows with B (whole, from offset 0) already staged in `staged` by
-    /// `stage_weights`: one-row kernels fetch B from the texture, A stays in its buffer. Other
-    /// GEMMs, or `staged` = None, take `gemm`.
+    /// `gemm` for at most 8 rows with B (whole, from offset 0, row by row) in a texture:
+    /// staged by `stage_weights`, or kept by the engine (an inference engine's wte chunks). One-row
+    /// kernels fetch B from the texture, A stays in its buffer. Other GEMMs, or `staged` = None,
+    /// take `gemm`.
     pub fn gemm_with_staged_b(
         &self,
         plan: &mut PlanBuilder,
         label: &'static str,
         g: &Gemm,
-        staged: Option<ScratchTexture>,
+        staged: Option<TextureBinding>,
     ) {
         let (Some(cells), Some(b_texture)) = (&self.texture, staged) else {
             return self.gemm(plan, label, g);
@@ -651,12 +753,11 @@ impl Linear {
             &pipeline,
             &params,
             &[
-                (1, g.a.buffer),
-                (3, g.bias.unwrap_or(&self.unused)),
-                (4, g.residual.unwrap_or(&self.unused)),
-                (5, g.c.buffer),
-            ],
-            &[(7, TextureBinding::Scratch(b_texture))],
+                [(1, g.a.buffer)].as_slice(),
+                self.epilogue_bindings(g).as_slice(),
+            ]
+            .concat(),
+            &[(7, b_texture)],
             [(g.n as u32).div_ceil(columns_per_workgroup), g.m as u32, 1],
         );
     }
@@ -668,13 +769,33 @@ pub fn texture_gemms_available(ctx: &GpuContext) -> bool {
 }
 
 /// `shaders/linear_texture.wgsl`'s entry points, in the order `Linear::texture` holds them.
-const TEXTURE_ENTRIES: [&str; 5] = [
+const TEXTURE_ENTRIES: [&str; 7] = [
     "matmul_nn_tex",
     "matmul_nt_tex",
     "matmul_tn_tex",
     "matmul_nt_row_tex",
     "matmul_nn_row_tex",
+    "matmul_nn_texw",
+    "matmul_nt_texw",
 ];
+
+/// W (rows × cols, both multiples of 4) in the layout of a weight texture: 4×4 blocks in row-major
+/// block order, each block's 4 rows (one texel of 4 values each) consecutive. The nn and nt
+/// texture kernels fetch a whole block per lane and k-step, so each fetch group is one 64-byte
+/// run whichever way the GEMM reads W.
+pub fn block_weights<T: Copy>(w: &[T], rows: usize, cols: usize) -> Vec<T> {
+    assert!(rows % 4 == 0 && cols % 4 == 0 && w.len() == rows * cols);
+    let mut out = Vec::with_capacity(w.len());
+    for rb in 0..rows / 4 {
+        for cb in 0..cols / 4 {
+            for i in 0..4 {
+                let at = (4 * rb + i) * cols + 4 * cb;
+                out.extend_from_slice(&w[at..at + 4]);
+            }
+        }
+    }
+    out
+}
 
 /// The texel format that holds four weights of `format`: rgba16float holds four halves as the
 /// packed f16 buffer stores them, and the texture unit widens them to f32.
@@ -722,7 +843,8 @@ pub fn staged_weight_texels(elements: usize, max_texels: u64) -> Option<u64> {
 }
 
 /// Whether a model's Conv1D weight matrices can live in textures on an adapter whose scratch
-/// textures hold `max_texels`: every weight GEMM then meets `texture_spans`'s conditions.
+/// textures hold `max_texels`: every weight GEMM then meets `texture_spans`'s conditions, and
+/// every matrix `block_weights`'s.
 pub fn weights_fit_textures(c: usize, f: usize, max_texels: u64) -> bool {
     c % 4 == 0 && f % 4 == 0 && ((c * f.max(3 * c)) as u64).div_ceil(4) <= max_texels
 }
