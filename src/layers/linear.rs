@@ -264,45 +264,9 @@ impl Linear {
         w: Weight,
         b: Option<&wgpu::Buffer>,
         residual: Option<&wgpu::Buffer>,
-        (m, k, n): (usize, usize, usize),
+        shape: (usize, usize, usize),
     ) {
-        self.weight_gemm(plan, "linear_forward", w, |w| Gemm {
-            m,
-            n,
-            k,
-            a: Operand::new(x, k),
-            b: Operand::new(w, n),
-            op: GemmOp::NN,
-            c: Operand::new(out, n),
-            bias: b,
-            residual,
-            accumulate: false,
-            gelu: None,
-        });
-    }
-
-    /// dx (M, K) = dout (M, N) · wᵀ, differentiating out = x·w in x.
-    pub fn backward_input(
-        &self,
-        plan: &mut PlanBuilder,
-        dx: &wgpu::Buffer,
-        dout: &wgpu::Buffer,
-        w: Weight,
-        (m, k, n): (usize, usize, usize),
-    ) {
-        self.weight_gemm(plan, "linear_backward_input", w, |w| Gemm {
-            m,
-            n: k,
-            k: n,
-            a: Operand::new(dout, n),
-            b: Operand::new(w, n),
-            op: GemmOp::NT,
-            c: Operand::new(dx, k),
-            bias: None,
-            residual: None,
-            accumulate: false,
-            gelu: None,
-        });
+        self.forward_with(plan, out, x, w, (b, residual, None), shape);
     }
 
     /// pre (M, N) = x (M, K) · w (K, N) + b (N) and act (M, N) = gelu_new(pre) in the same
@@ -316,21 +280,22 @@ impl Linear {
         x: &wgpu::Buffer,
         w: Weight,
         b: Option<&wgpu::Buffer>,
-        (m, k, n): (usize, usize, usize),
+        shape: (usize, usize, usize),
     ) {
-        self.weight_gemm(plan, "linear_forward", w, |w| Gemm {
-            m,
-            n,
-            k,
-            a: Operand::new(x, k),
-            b: Operand::new(w, n),
-            op: GemmOp::NN,
-            c: Operand::new(pre, n),
-            bias: b,
-            residual: None,
-            accumulate: false,
-            gelu: Some(GeluEpilogue::Forward { act }),
-        });
+        let gelu = Some(GeluEpilogue::Forward { act });
+        self.forward_with(plan, pre, x, w, (b, None, gelu), shape);
+    }
+
+    /// dx (M, K) = dout (M, N) · wᵀ, differentiating out = x·w in x.
+    pub fn backward_input(
+        &self,
+        plan: &mut PlanBuilder,
+        dx: &wgpu::Buffer,
+        dout: &wgpu::Buffer,
+        w: Weight,
+        shape: (usize, usize, usize),
+    ) {
+        self.backward_input_with(plan, dx, dout, w, None, shape);
     }
 
     /// dpre (M, K) = (dact (M, N) · wᵀ) ⊙ gelu_new'(pre), differentiating act = gelu_new(pre)
@@ -342,6 +307,50 @@ impl Linear {
         dout: &wgpu::Buffer,
         w: Weight,
         pre: &wgpu::Buffer,
+        shape: (usize, usize, usize),
+    ) {
+        let gelu = Some(GeluEpilogue::Backward { pre });
+        self.backward_input_with(plan, dpre, dout, w, gelu, shape);
+    }
+
+    /// out = x·w + bias [+ residual], then `gelu`'s epilogue.
+    #[allow(clippy::type_complexity)]
+    fn forward_with<'g>(
+        &'g self,
+        plan: &mut PlanBuilder,
+        out: &'g wgpu::Buffer,
+        x: &'g wgpu::Buffer,
+        w: Weight<'g>,
+        (bias, residual, gelu): (
+            Option<&'g wgpu::Buffer>,
+            Option<&'g wgpu::Buffer>,
+            Option<GeluEpilogue<'g>>,
+        ),
+        (m, k, n): (usize, usize, usize),
+    ) {
+        self.weight_gemm(plan, "linear_forward", w, |w| Gemm {
+            m,
+            n,
+            k,
+            a: Operand::new(x, k),
+            b: Operand::new(w, n),
+            op: GemmOp::NN,
+            c: Operand::new(out, n),
+            bias,
+            residual,
+            accumulate: false,
+            gelu,
+        });
+    }
+
+    /// dx = dout·wᵀ, then `gelu`'s epilogue.
+    fn backward_input_with<'g>(
+        &'g self,
+        plan: &mut PlanBuilder,
+        dx: &'g wgpu::Buffer,
+        dout: &'g wgpu::Buffer,
+        w: Weight<'g>,
+        gelu: Option<GeluEpilogue<'g>>,
         (m, k, n): (usize, usize, usize),
     ) {
         self.weight_gemm(plan, "linear_backward_input", w, |w| Gemm {
@@ -351,11 +360,11 @@ impl Linear {
             a: Operand::new(dout, n),
             b: Operand::new(w, n),
             op: GemmOp::NT,
-            c: Operand::new(dpre, k),
+            c: Operand::new(dx, k),
             bias: None,
             residual: None,
             accumulate: false,
-            gelu: Some(GeluEpilogue::Backward { pre }),
+            gelu,
         });
     }
 
