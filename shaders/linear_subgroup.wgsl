@@ -9,7 +9,10 @@
 // a workgroup is one subgroup of 8; each lane loads one vec4 of two A rows and one (nt) or four (nn)
 // vec4s of B per 4 k, and subgroupShuffle hands every lane all 16 rows' A values, so each loaded B
 // value feeds 16 rows. Chosen at run time only where the adapter's subgroups are 8 wide and the
-// operands are vec4-aligned (src/layers/linear.rs); linear.wgsl serves every other case.
+// operands are vec4-aligned (src/layers/linear.rs), and there mostly for what the faster texture
+// kernels (linear_texture.wgsl, appended to this file) do not take: the one-row lm_head kernels,
+// and operands too large to stage; linear.wgsl serves every other case. The parameters, bindings
+// and store helpers here serve the texture kernels too.
 
 struct Params {
     m: u32, n: u32, k: u32, flags: u32,

@@ -427,7 +427,7 @@ pub fn gemm_throughput(
         texel_format, texture_gemms_available, weights_fit_textures, Gemm, GemmOp, Linear, Operand,
         Weight,
     };
-    use crate::layers::{execute, max_scratch_texels, PlanBuilder};
+    use crate::layers::{execute, max_scratch_texels, PlanBuilder, TextureBinding};
     let f32_linear = Linear::new(ctx);
     let weight_linear = (weights != WeightFormat::F32).then(|| Linear::for_weights(ctx, weights));
     let (c, f, v) = (cfg.n_embd, cfg.n_inner, cfg.vocab_size);
@@ -469,6 +469,11 @@ pub fn gemm_throughput(
             let bytes = vec![0u8; k * n * weights.bytes_per_weight()];
             ctx.upload_texels("bench weight", &bytes, texel_format(weights))
         });
+        // the lm_head row reads wte's chunk from a texture, as the inference engine keeps it
+        let lm_head_texture = (textured && m == 1).then(|| {
+            let bytes = vec![0u8; k * n * weights.bytes_per_weight()];
+            ctx.upload_texels("bench wte chunk", &bytes, texel_format(weights))
+        });
         let mut plan = PlanBuilder::new(ctx);
         for _ in 0..reps {
             match (&weight_texture, op) {
@@ -485,10 +490,8 @@ pub fn gemm_throughput(
                 (Some(w), _) => {
                     linear.backward_input(&mut plan, &out, &a, Weight::Texture(w), (m, n, k))
                 }
-                (None, _) => linear.gemm(
-                    &mut plan,
-                    "bench",
-                    &Gemm {
+                (None, _) => {
+                    let g = Gemm {
                         m,
                         n,
                         k,
@@ -500,8 +503,17 @@ pub fn gemm_throughput(
                         residual: None,
                         accumulate: false,
                         gelu: None,
-                    },
-                ),
+                    };
+                    match &lm_head_texture {
+                        Some(w) => linear.gemm_with_staged_b(
+                            &mut plan,
+                            "bench",
+                            &g,
+                            Some(TextureBinding::View(w.clone())),
+                        ),
+                        None => linear.gemm(&mut plan, "bench", &g),
+                    }
+                }
             }
         }
         let plan = plan.finish();

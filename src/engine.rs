@@ -1387,7 +1387,7 @@ impl Engine {
         }
     }
 
-    /// Records the prepared plan (and `after`, e.g. an optimizer step) into one compute pass,
+    /// Records the prepared plan (and `after`, e.g. an optimizer step) into one command buffer,
     /// submits it and waits. Returns (record time, compute time) in ms.
     fn execute(&self, label: &str, after: Option<&Plan>) -> Result<(Instant, Instant)> {
         let ws = self.workspace();
@@ -1462,7 +1462,7 @@ impl Engine {
 
     /// A batch of B right-padded sequences: the loss (mean NLL over the positions with a target),
     /// and with `gradients` the gradient of every parameter into the engine's gradient buffers.
-    /// `after` is recorded into the same compute pass (the optimizer step); `read_logits` brings
+    /// `after` is recorded into the same command buffer (the optimizer step); `read_logits` brings
     /// back the logits of the target rows (only there are they computed).
     pub fn run_batch(
         &mut self,

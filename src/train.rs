@@ -7,7 +7,7 @@
 //! of every answer token (each demonstration's and the query's), so one episode trains every shot
 //! count up to n. The episodes are right-padded to a length rounded up to 16 (a handful of plan
 //! shapes, each kept by the engine), run forward + backward with weight gradients, and the AdamW
-//! step is recorded into the same compute pass: one submit per step, only the loss comes back.
+//! step is recorded into the same command buffer: one submit per step, only the loss comes back.
 //!
 //! Deterministic for a seed and adapter: step k's batch comes from the stream `train/k` of the
 //! seed, so a resumed run draws exactly the batches the uninterrupted run would have; every kernel
