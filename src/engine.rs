@@ -351,6 +351,17 @@ impl GpuWeights {
     }
 }
 
+/// The parts one after the other, copied slice by slice into one allocation (`flatten().collect()`
+/// pushes value by value: seconds for the 151 M values of R at T = 1024).
+fn concat_parts(parts: impl Iterator<Item = Vec<f32>>) -> Vec<f32> {
+    let parts: Vec<Vec<f32>> = parts.collect();
+    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for part in &parts {
+        out.extend_from_slice(part);
+    }
+    out
+}
+
 /// Bytes of the texture `GpuContext::upload_texels` makes for `weights` weights of `format`.
 fn texture_bytes(weights: usize, format: WeightFormat) -> u64 {
     let texel = 4 * format.bytes_per_weight() as u64;
@@ -1427,28 +1438,29 @@ impl Engine {
         let ws = self.workspace();
 
         let (t, r, v) = (seq.len(), seq.loss.rows.len(), self.config.vocab_size);
-        let (nl, nh, c) = (self.config.n_layer, self.config.n_head, self.config.n_embd);
-        let mut sources: Vec<(&wgpu::Buffer, usize)> =
-            vec![(&ws.loss_rows, r), (&ws.logits, r * v)];
+        let (nh, c) = (self.config.n_head, self.config.n_embd);
         let want_att = readback.attention;
         let want_ra = readback.reversed_attention && readback.backward;
         let want_dh = readback.hidden_grads && readback.backward;
-        if want_att {
-            sources.extend(ws.att.iter().map(|b| (b, nh * t * t)));
+        // one group per returned tensor: every layer's maps come back as one vector
+        fn maps(bufs: &[wgpu::Buffer], n: usize) -> Vec<(&wgpu::Buffer, usize)> {
+            bufs.iter().map(|b| (b, n)).collect()
         }
-        if want_ra {
-            sources.extend(ws.ra.iter().map(|b| (b, nh * t * t)));
+        let (att, ra) = (maps(&ws.att, nh * t * t), maps(&ws.ra, nh * t * t));
+        let dh = maps(&ws.dhidden, t * c);
+        let scalars = [(&ws.loss_rows, r), (&ws.logits, r * v)];
+        let mut groups: Vec<&[(&wgpu::Buffer, usize)]> = vec![&scalars[..1], &scalars[1..]];
+        for (want, group) in [(want_att, &att), (want_ra, &ra), (want_dh, &dh)] {
+            if want {
+                groups.push(group);
+            }
         }
-        if want_dh {
-            sources.extend(ws.dhidden.iter().map(|b| (b, t * c)));
-        }
-        let mut parts = self.ctx.read_f32(&sources)?.into_iter();
+        let mut parts = self.ctx.read_f32_groups(&groups)?.into_iter();
         let loss_rows = parts.next().expect("loss rows");
         let logits = parts.next().expect("logits");
-        let mut concat = |n: usize| parts.by_ref().take(n).flatten().collect::<Vec<f32>>();
-        let attention = want_att.then(|| concat(nl));
-        let reversed_attention = want_ra.then(|| concat(nl));
-        let hidden_grads = want_dh.then(|| concat(nl + 1));
+        let attention = want_att.then(|| parts.next().expect("attention"));
+        let reversed_attention = want_ra.then(|| parts.next().expect("reversed attention"));
+        let hidden_grads = want_dh.then(|| parts.next().expect("hidden gradients"));
         let t3 = Instant::now();
         Ok(PassOutput {
             loss: loss_rows.iter().map(|&x| x as f64).sum(),
@@ -1687,7 +1699,7 @@ impl Engine {
             sources.push((buf, shape.iter().product()));
         }
         let mut parts = self.ctx.read_f32(&sources)?.into_iter();
-        let wte: Vec<f32> = parts.by_ref().take(n_chunks).flatten().collect();
+        let wte: Vec<f32> = concat_parts(parts.by_ref().take(n_chunks));
         let mut out = vec![Tensor::from_vec(shapes[0].1.clone(), wte)];
         for ((_, shape), data) in shapes.iter().skip(1).zip(parts) {
             out.push(Tensor::from_vec(shape.clone(), data));

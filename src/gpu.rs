@@ -313,9 +313,21 @@ impl GpuContext {
 
     /// Copies `(buffer, f32 count)` pairs to the host in one submit and one map.
     pub fn read_f32(&self, sources: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
-        let total: u64 = sources.iter().map(|(_, n)| (*n as u64) * 4).sum();
+        let groups: Vec<&[(&wgpu::Buffer, usize)]> =
+            sources.iter().map(std::slice::from_ref).collect();
+        self.read_f32_groups(&groups)
+    }
+
+    /// Like `read_f32`, with each group's buffers concatenated into one vector, copied once
+    /// from the mapped staging memory (R of every layer comes back as one (L, NH, T, T) vector).
+    pub fn read_f32_groups(&self, groups: &[&[(&wgpu::Buffer, usize)]]) -> Result<Vec<Vec<f32>>> {
+        let counts: Vec<usize> = groups
+            .iter()
+            .map(|g| g.iter().map(|(_, n)| n).sum())
+            .collect();
+        let total = counts.iter().sum::<usize>() as u64 * 4;
         if total == 0 {
-            return Ok(sources.iter().map(|_| Vec::new()).collect());
+            return Ok(groups.iter().map(|_| Vec::new()).collect());
         }
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -325,7 +337,7 @@ impl GpuContext {
         });
         let mut enc = self.device.create_command_encoder(&Default::default());
         let mut offset = 0u64;
-        for (buf, n) in sources {
+        for (buf, n) in groups.iter().flat_map(|g| g.iter()) {
             let bytes = (*n as u64) * 4;
             if bytes > 0 {
                 enc.copy_buffer_to_buffer(buf, 0, &staging, offset, bytes);
@@ -345,9 +357,9 @@ impl GpuContext {
             .get_mapped_range(..)
             .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
         let all: &[f32] = bytemuck::cast_slice(&view);
-        let mut out = Vec::with_capacity(sources.len());
+        let mut out = Vec::with_capacity(groups.len());
         let mut at = 0usize;
-        for (_, n) in sources {
+        for n in counts {
             out.push(all[at..at + n].to_vec());
             at += n;
         }
