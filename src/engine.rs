@@ -394,6 +394,9 @@ struct PlanKey {
     backward: bool,
     /// Also the gradient of every parameter (training).
     weight_grads: bool,
+    /// The backward goes on below block 0's attention scores to dL/dh_0 (hidden_grads asked
+    /// for, or training); RA alone stops at layer 0's R.
+    input_grad: bool,
 }
 
 /// Which rows the lm_head and the loss run on.
@@ -904,14 +907,18 @@ impl Workspace {
                     (n, c, c),
                 );
             }
+            // Below layer 0's R only dL/dh_0 remains: skipped when nothing reads it.
+            let to_input = l > 0 || key.input_grad;
             k.attention.backward(
                 p,
-                &self.ra[l],
-                &self.dqkv,
+                (&self.ra[l], to_input.then_some(&self.dqkv)),
                 &self.dz,
                 &self.attention_buffers(l),
                 shape(l),
             );
+            if !to_input {
+                continue;
+            }
             k.weight_gemms().backward_input(
                 p,
                 &self.d_ln,
@@ -1431,6 +1438,7 @@ impl Engine {
             patch: options.patch.as_ref().map(|p| p.eta),
             backward: readback.backward,
             weight_grads: false,
+            input_grad: readback.backward && readback.hidden_grads,
         };
         self.prepare(key, &seq.ids, &seq.loss, options, None);
         self.ctx.check("preparing the pass")?;
@@ -1506,6 +1514,7 @@ impl Engine {
             patch: None,
             backward: gradients,
             weight_grads: gradients,
+            input_grad: gradients,
         };
         let gather = Some((&row_ids[..], &row_slot[..]));
         self.prepare(key, &batch.ids, &loss, &ForwardOptions::default(), gather);

@@ -242,6 +242,40 @@ fn forward_only_readback_skips_the_backward() {
     assert_eq!(fwd.logits, full.logits);
 }
 
+/// RA alone stops the backward at layer 0's R (nothing reads what lies below it); R and the loss
+/// are exactly those of a pass that goes on to dL/dh_0.
+#[test]
+fn ra_alone_stops_at_the_first_layer_with_the_same_maps() {
+    for name in ["tiny-odd", "tiny-bpe"] {
+        let model = fixture(name);
+        let mut engine = Engine::for_inference(gpu(), &model, WeightFormat::F32).unwrap();
+        let seq = sequence(
+            &model,
+            "I like Italy and France. I visited",
+            " Florence",
+            LossKind::Nll,
+            true,
+        );
+        let with_dh = Readback {
+            hidden_grads: true,
+            ..Readback::default()
+        };
+        let full = engine
+            .run(&seq, &ForwardOptions::default(), with_dh)
+            .unwrap();
+        let ra_only = engine
+            .run(&seq, &ForwardOptions::default(), Readback::default())
+            .unwrap();
+        assert!(full.hidden_grads.is_some() && ra_only.hidden_grads.is_none());
+        assert_eq!(
+            ra_only.reversed_attention, full.reversed_attention,
+            "{name}"
+        );
+        assert_eq!(ra_only.attention, full.attention, "{name}");
+        assert_eq!(ra_only.loss, full.loss, "{name}");
+    }
+}
+
 /// `MemoryEstimate` (what `maps` prints and checks before it starts) is exactly what the engine
 /// then holds, for both weight formats.
 #[test]

@@ -732,7 +732,7 @@ fn check_attention(ctx: &GpuContext, attn: &Attention) {
                     patch: eta.map(|e| (&patchb, e)),
                 };
                 attn.forward(p, &z, &b, shape);
-                attn.backward(p, &ra, &dqkv, &dzb, &b, shape);
+                attn.backward(p, (&ra, Some(&dqkv)), &dzb, &b, shape);
             });
             let hs64 = to_f64(&head_scale[layer * nh..(layer + 1) * nh]);
             let patch64 = to_f64(&patch);

@@ -276,12 +276,12 @@ impl Attention {
         );
     }
 
-    /// From dz = G (B·T, C): ra (B, NH, T, T) = R, and dqkv (B·T, 3C) = [dQ | dK | dV].
+    /// From dz = G (B·T, C): ra (B, NH, T, T) = R, and, when given, dqkv (B·T, 3C) =
+    /// [dQ | dK | dV] (not needed at the first layer unless dL/dh_0 is).
     pub fn backward(
         &self,
         plan: &mut PlanBuilder,
-        ra: &wgpu::Buffer,
-        dqkv: &wgpu::Buffer,
+        (ra, dqkv): (&wgpu::Buffer, Option<&wgpu::Buffer>),
         dz: &wgpu::Buffer,
         b: &AttentionBuffers,
         s: AttentionShape,
@@ -308,6 +308,9 @@ impl Attention {
                 ],
                 grid,
             );
+            let Some(dqkv) = dqkv else {
+                return;
+            };
             plan.stage(RA_TEXTURE, ra, 0, map_texels);
             plan.dispatch_with_textures(
                 "attention_query_backward",
@@ -358,6 +361,9 @@ impl Attention {
                 [s.t as u32, s.nh as u32, s.b as u32],
             ),
         }
+        let Some(dqkv) = dqkv else {
+            return;
+        };
         let (query, key_value) = (&k.query_backward, &k.key_value_backward);
         let grid = [(s.c as u32 / v.width).div_ceil(64), s.t as u32, s.b as u32];
         plan.dispatch(
