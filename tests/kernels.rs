@@ -41,35 +41,25 @@ fn run(ctx: &GpuContext, build: impl FnOnce(&mut PlanBuilder)) {
 
 #[test]
 fn linear_forward_and_backward_match_reference() {
-    let ctx = gpu();
-    for kernels in FAMILIES {
-        println!(
-            "{kernels:?} kernels (subgroups of 8: {})",
-            ctx.subgroups_of_8
-        );
-        check_linear(
-            &ctx,
-            &Linear::with_kernels(&ctx, kernels, WeightFormat::F32),
-            WeightFormat::F32,
-        );
-    }
+    check_linear_every_family(WeightFormat::F32);
 }
 
 /// The same GEMMs reading W as packed f16 (`--weights f16`), against the reference on the
 /// f16-rounded W: the unpacking is exact, so the tolerance is the f32 one.
 #[test]
 fn linear_with_f16_weights_matches_reference() {
+    check_linear_every_family(WeightFormat::F16);
+}
+
+/// `check_linear` for each GEMM family, W stored as `format`.
+fn check_linear_every_family(format: WeightFormat) {
     let ctx = gpu();
     for kernels in FAMILIES {
         println!(
             "{kernels:?} kernels (subgroups of 8: {})",
             ctx.subgroups_of_8
         );
-        check_linear(
-            &ctx,
-            &Linear::with_kernels(&ctx, kernels, WeightFormat::F16),
-            WeightFormat::F16,
-        );
+        check_linear(&ctx, &Linear::with_kernels(&ctx, kernels, format), format);
     }
 }
 

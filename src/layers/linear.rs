@@ -369,7 +369,8 @@ impl Linear {
     }
 
     /// The GEMM `gemm_for(B's buffer)` with B = `w`. A texture `w` is read in place by the
-    /// texture kernels (its GEMM is described with a placeholder buffer for B).
+    /// texture kernels; its GEMM carries `unused` as B's buffer, of which they use only the leading
+    /// dimension and bind nothing.
     fn weight_gemm<'g>(
         &'g self,
         plan: &mut PlanBuilder,
