@@ -13,35 +13,36 @@
 // once per subgroup (lane l fetches quads l and l + 8) and handed out with subgroupBroadcast; in
 // the score kernels each lane keeps its own Q or G row in registers. A and R are exactly 0 above
 // the diagonal, so lanes past their own row add zeros.
-// What the loops read, qkv, G (dz), A and R, comes from textures the engine stages them into
-// (src/layers/attention.rs): llvmpipe fetches a texel for all 8 lanes with vector code, where a
-// storage-buffer load is a loop over the lanes. Texel i holds quad i of the buffer at
+// What the loops read, qkv, G (dz), A and R, comes from read-only storage textures the engine
+// stages them into (src/layers/attention.rs): llvmpipe loads a texel for all 8 lanes with inline
+// vector code, where a storage-buffer load is a loop over the lanes (and a sampled-texture fetch an
+// out-of-line call). Texel i holds quad i of the buffer at
 // (i mod 1024, i / 1024), the layout of linear_texture.wgsl.
 // Grid: (ceil(T / 8), NH, B).
 
-@group(0) @binding(15) var qkv_tex: texture_2d<f32>; // qkv staged: (B·T, 3C/4) quads
-@group(0) @binding(16) var dz_tex: texture_2d<f32>;  // dz staged: (B·T, C/4) quads
-@group(0) @binding(17) var att_tex: texture_2d<f32>; // att staged: (B, NH, T, T), 4 per texel
-@group(0) @binding(18) var ra_tex: texture_2d<f32>;  // ra staged: (B, NH, T, T), 4 per texel
+@group(0) @binding(15) var qkv_tex: texture_storage_2d<rgba32float, read>; // qkv staged: (B·T, 3C/4) quads
+@group(0) @binding(16) var dz_tex: texture_storage_2d<rgba32float, read>;  // dz staged: (B·T, C/4) quads
+@group(0) @binding(17) var att_tex: texture_storage_2d<rgba32float, read>; // att staged: (B, NH, T, T), 4 per texel
+@group(0) @binding(18) var ra_tex: texture_storage_2d<rgba32float, read>;  // ra staged: (B, NH, T, T), 4 per texel
 
 fn texel_at(i: u32) -> vec2<u32> {
     return vec2<u32>(i & 1023u, i >> 10u);
 }
 
 fn qkv_staged(i: u32) -> vec4<f32> {
-    return textureLoad(qkv_tex, texel_at(i), 0);
+    return textureLoad(qkv_tex, texel_at(i));
 }
 
 fn dz_staged(i: u32) -> vec4<f32> {
-    return textureLoad(dz_tex, texel_at(i), 0);
+    return textureLoad(dz_tex, texel_at(i));
 }
 
 fn att_at(idx: u32) -> f32 {
-    return textureLoad(att_tex, texel_at(idx / 4u), 0)[idx % 4u];
+    return textureLoad(att_tex, texel_at(idx / 4u))[idx % 4u];
 }
 
 fn ra_at(idx: u32) -> f32 {
-    return textureLoad(ra_tex, texel_at(idx / 4u), 0)[idx % 4u];
+    return textureLoad(ra_tex, texel_at(idx / 4u))[idx % 4u];
 }
 
 // used_att of attention.wgsl, reading A from its texture: A + η·M when patching.

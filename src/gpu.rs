@@ -281,7 +281,8 @@ impl GpuContext {
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
             format,
-            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            // read as read-only storage textures: llvmpipe inlines those loads
+            usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
             view_formats: &[],
         });
         let row_bytes = (texel_bytes * TEXTURE_ROW_TEXELS) as usize;

@@ -700,6 +700,7 @@ impl Linear {
                     include_str!("../../shaders/linear_texture.wgsl"),
                 );
                 let source = with_storage(source, "b4", self.b_format);
+                let source = with_b_texel_format(&source, self.b_format);
                 let [pipeline] = pipelines(
                     ctx,
                     "linear_texture.wgsl",
@@ -789,6 +790,23 @@ const TEXTURE_ENTRIES: [&str; 7] = [
     "matmul_nt_texw",
 ];
 
+/// `linear_texture.wgsl` with its B texture declared in `texel_format(format)`: a storage
+/// texture's WGSL type names its format, so f16 weights (rgba16float) need their own module.
+fn with_b_texel_format(source: &str, format: WeightFormat) -> String {
+    const F32: &str = "var b_tex: texture_storage_2d<rgba32float, read>;";
+    assert_eq!(
+        source.matches(F32).count(),
+        1,
+        "linear_texture.wgsl declares b_tex once"
+    );
+    match format {
+        WeightFormat::F32 => source.to_string(),
+        WeightFormat::F16 => {
+            source.replacen(F32, "var b_tex: texture_storage_2d<rgba16float, read>;", 1)
+        }
+    }
+}
+
 /// W (rows × cols, both multiples of 4) in the layout of a weight texture: 4×4 blocks in row-major
 /// block order, each block's 4 rows (one texel of 4 values each) consecutive. The nn and nt
 /// texture kernels fetch a whole block per lane and k-step, so each fetch group is one 64-byte
@@ -808,7 +826,7 @@ pub fn block_weights<T: Copy>(w: &[T], rows: usize, cols: usize) -> Vec<T> {
 }
 
 /// The texel format that holds four weights of `format`: rgba16float holds four halves as the
-/// packed f16 buffer stores them, and the texture unit widens them to f32.
+/// packed f16 buffer stores them, and the texture load widens them to f32.
 pub fn texel_format(format: WeightFormat) -> wgpu::TextureFormat {
     match format {
         WeightFormat::F32 => wgpu::TextureFormat::Rgba32Float,

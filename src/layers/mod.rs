@@ -427,7 +427,8 @@ impl<'a> PlanBuilder<'a> {
                     sample_count: 1,
                     dimension: wgpu::TextureDimension::D2,
                     format: scratch.format,
-                    usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+                    // read as read-only storage textures: llvmpipe inlines those loads
+                    usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
                     view_formats: &[],
                 });
                 (scratch, texture)
