@@ -96,6 +96,10 @@ pub struct GpuContext {
     pub runtime_checks: wgpu::ShaderRuntimeChecks,
     /// The first validation / out-of-memory error wgpu reported since the last `check`.
     error: Arc<Mutex<Option<String>>>,
+    /// The last readback's MAP_READ staging buffer, reused by the next readback that fits it
+    /// (`read_f32_groups`): a fresh one costs a page fault per 4 KiB on first touch, which for
+    /// R at T = 1024 (604 MB) took longer than the copy itself.
+    readback: Arc<Mutex<Option<wgpu::Buffer>>>,
 }
 
 impl GpuContext {
@@ -163,6 +167,7 @@ impl GpuContext {
             subgroups_of_8,
             runtime_checks,
             error,
+            readback: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -330,12 +335,18 @@ impl GpuContext {
         if total == 0 {
             return Ok(groups.iter().map(|_| Vec::new()).collect());
         }
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: total,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        // Reuse the last staging buffer if it fits and is not more than twice the size needed
+        // (so one large read does not pin its buffer for every small one after it).
+        let mut cached = self.readback.lock().unwrap_or_else(|e| e.into_inner());
+        let staging = match cached.take() {
+            Some(b) if b.size() >= total && b.size() <= 2 * total => b,
+            _ => self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size: total,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+        };
         let mut enc = self.device.create_command_encoder(&Default::default());
         let mut offset = 0u64;
         for (buf, n) in groups.iter().flat_map(|g| g.iter()) {
@@ -366,6 +377,7 @@ impl GpuContext {
         }
         drop(view);
         staging.unmap();
+        *cached = Some(staging);
         self.check("readback")?;
         Ok(out)
     }
