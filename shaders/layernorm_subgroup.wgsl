@@ -26,6 +26,13 @@ const HAS_RESIDUAL: u32 = 1u;
 @group(0) @binding(10) var<storage, read> dresidual4: array<vec4<f32>>; // (rows, C/4)
 @group(0) @binding(11) var<storage, read_write> dx4: array<vec4<f32>>;  // (rows, C/4)
 
+// Every read of x and dout goes through these two functions. On CPU adapters the engine compiles
+// this file a second time with them reading read-only storage textures that the plan stages x and
+// dout into (src/layers/layernorm.rs): llvmpipe loads a texel for all 8 lanes with inline vector
+// code, where a storage-buffer load is a loop over the lanes.
+fn x_at(i: u32) -> vec4<f32> { return x4[i]; }
+fn dout_at(i: u32) -> vec4<f32> { return dout4[i]; }
+
 // Σ over the subgroup of the 4 components of every lane's v.
 fn row_sum(v: vec4<f32>) -> f32 {
     return subgroupAdd(v.x + v.y + v.z + v.w);
@@ -41,17 +48,17 @@ fn layernorm_forward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup
     let base = row * c4;
     var s = vec4<f32>(0.0);
     for (var i = lane; i < c4; i += 8u) {
-        s += x4[base + i];
+        s += x_at(base + i);
     }
     let mu = row_sum(s) / f32(p.c);
     var s2 = vec4<f32>(0.0);
     for (var i = lane; i < c4; i += 8u) {
-        let d = x4[base + i] - mu;
+        let d = x_at(base + i) - mu;
         s2 += d * d;
     }
     let r = inverseSqrt(row_sum(s2) / f32(p.c) + p.eps);
     for (var i = lane; i < c4; i += 8u) {
-        out4[base + i] = (x4[base + i] - mu) * r * w4[i] + b4[i];
+        out4[base + i] = (x_at(base + i) - mu) * r * w4[i] + b4[i];
     }
     if (lane == 0u) {
         mean_out[row] = mu;
@@ -76,9 +83,9 @@ fn layernorm_backward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgrou
     var sgx = vec4<f32>(0.0);
     if (has_dout) {
         for (var i = lane; i < c4; i += 8u) {
-            let g = dout4[dbase + i] * w4[i];
+            let g = dout_at(dbase + i) * w4[i];
             sg += g;
-            sgx += g * (x4[base + i] - mu) * r;
+            sgx += g * (x_at(base + i) - mu) * r;
         }
     }
     let mean_g = row_sum(sg) / f32(p.c);
@@ -86,8 +93,8 @@ fn layernorm_backward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgrou
     for (var i = lane; i < c4; i += 8u) {
         var v = vec4<f32>(0.0);
         if (has_dout) {
-            let xhat = (x4[base + i] - mu) * r;
-            v = (dout4[dbase + i] * w4[i] - mean_g - xhat * mean_gx) * r;
+            let xhat = (x_at(base + i) - mu) * r;
+            v = (dout_at(dbase + i) * w4[i] - mean_g - xhat * mean_gx) * r;
         }
         if ((p.flags & HAS_RESIDUAL) != 0u) {
             v += dresidual4[base + i];

@@ -982,7 +982,8 @@ impl Workspace {
 
 /// Bytes of the scratch textures a one-sequence plan stages GEMM operands into (the same rules
 /// as `Linear::gemm` and `Linear::stage_weights`): slot 0 holds the largest A operand, slot 1 the
-/// largest B operand, and at ≤ `LM_HEAD_STAGED_ROWS` loss rows one slot per wte chunk.
+/// largest B operand, and at ≤ `LM_HEAD_STAGED_ROWS` loss rows one slot per wte chunk; then the
+/// attention's and LayerNorm's staged reads.
 fn scratch_texture_bytes(
     cfg: &GptConfig,
     (t, rows, backward): (usize, usize, bool),
@@ -1066,7 +1067,14 @@ fn scratch_texture_bytes(
     } else {
         0
     };
-    slot(a_max, 16) + slot(b_max, weight_texel) + wte_slots * row_bytes(weight_texel) + attention
+    // LayerNorm's staged reads: x, and for the backward dout (at most T rows)
+    let layernorm = crate::layers::layernorm::staged_texels(t, c, max_texels)
+        .map_or(0, |texels| slot(texels, 16) * (1 + u64::from(backward)));
+    slot(a_max, 16)
+        + slot(b_max, weight_texel)
+        + wte_slots * row_bytes(weight_texel)
+        + attention
+        + layernorm
 }
 
 /// What running one sequence needs on the adapter, computed before anything is allocated: the

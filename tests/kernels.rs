@@ -452,9 +452,9 @@ fn check_lm_head(
 #[test]
 fn layernorm_forward_and_backward_match_reference() {
     let ctx = gpu();
-    for row_kernels in [true, false] {
-        println!("row kernels: {row_kernels}");
-        check_layernorm(&ctx, &LayerNorm::with_row_kernels(&ctx, row_kernels));
+    for (row_kernels, staged) in [(true, true), (true, false), (false, false)] {
+        println!("row kernels: {row_kernels}, staged reads: {staged}");
+        check_layernorm(&ctx, &LayerNorm::with_kernels(&ctx, row_kernels, staged));
     }
 }
 
