@@ -494,7 +494,10 @@ fn scores_backward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_i
         }
     }
     if (live) {
-        ra_finish_row(row, i, r);
+        // ra_finish_row, reading A from its texture
+        for (var j = 0u; j <= i; j++) {
+            ra_out[row + j] = att_at(row + j) * (ra_out[row + j] - r) * p.scale;
+        }
     }
 }
 """

@@ -361,33 +361,27 @@ fn key_value_backward_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
 // barrier of its reductions; a row per invocation has neither). Grid: (ceil(T/64), NH, B).
 
 // The end of a one-row-per-invocation softmax (the `*_rows` and `*_sg` kernels): att_out[row..]
-// holds the scaled scores S[i, 0..=i] with maximum m; leaves A[i, ·] = softmax(S[i, ·]) there,
-// 0 above the diagonal.
+// holds the scaled scores S[i, 0..=i] with maximum m; leaves A[i, 0..=i] = softmax(S[i, ·]) there.
+// exp is computed twice rather than stored between the passes: on llvmpipe each per-lane store
+// costs more than the exp. The row kernels never write above the diagonal: those entries stay
+// as the buffer holds them, 0 in a fresh buffer (see Attention::forward).
 fn softmax_finish_row(row: u32, i: u32, m: f32) {
     var sum = 0.0;
     for (var j = 0u; j <= i; j++) {
-        let e = exp(att_out[row + j] - m);
-        att_out[row + j] = e;
-        sum += e;
+        sum += exp(att_out[row + j] - m);
     }
     let inv = 1.0 / sum;
     for (var j = 0u; j <= i; j++) {
-        att_out[row + j] *= inv;
-    }
-    for (var j = i + 1u; j < p.t; j++) {
-        att_out[row + j] = 0.0;
+        att_out[row + j] = exp(att_out[row + j] - m) * inv;
     }
 }
 
 // The end of a one-row score backward: ra_out[row..] holds dA[i, 0..=i] and r = Σ_j A[i,j]·dA[i,j];
-// leaves R[i, ·] = A ⊙ (dA − r) / sqrt(hs) there (differentiates A = softmax(Q·Kᵀ/sqrt(hs))), 0
-// above the diagonal.
+// leaves R[i, 0..=i] = A ⊙ (dA − r) / sqrt(hs) there (differentiates A = softmax(Q·Kᵀ/sqrt(hs)));
+// like softmax_finish_row, it never writes above the diagonal.
 fn ra_finish_row(row: u32, i: u32, r: f32) {
     for (var j = 0u; j <= i; j++) {
         ra_out[row + j] = att[row + j] * (ra_out[row + j] - r) * p.scale;
-    }
-    for (var j = i + 1u; j < p.t; j++) {
-        ra_out[row + j] = 0.0;
     }
 }
 

@@ -200,12 +200,17 @@ impl Attention {
         }
     }
 
-    /// att (B, NH, T, T) = causal softmax(Q·Kᵀ/sqrt(hs)); z (B·T, C) = s_h·(att + η·M)·V per head.
     /// One 8-lane workgroup per 8 rows of one head of one sequence.
     fn subgroup_grid(s: AttentionShape) -> [u32; 3] {
         [(s.t as u32).div_ceil(8), s.nh as u32, s.b as u32]
     }
 
+    /// att (B, NH, T, T) = causal softmax(Q·Kᵀ/sqrt(hs)); z (B·T, C) = s_h·(att + η·M)·V per head.
+    ///
+    /// att must hold zeros above the diagonal: the CPU-adapter kernels (one row per invocation or
+    /// subgroup lane) write only j ≤ i, since on llvmpipe every per-lane store is a loop over the
+    /// lanes. A fresh buffer qualifies (wgpu zero-initializes), and so does one this layer has
+    /// written at the same shape: the engine keeps att per layer and workspace.
     pub fn forward(
         &self,
         plan: &mut PlanBuilder,
@@ -277,7 +282,8 @@ impl Attention {
     }
 
     /// From dz = G (B·T, C): ra (B, NH, T, T) = R, and, when given, dqkv (B·T, 3C) =
-    /// [dQ | dK | dV] (not needed at the first layer unless dL/dh_0 is).
+    /// [dQ | dK | dV] (not needed at the first layer unless dL/dh_0 is). Like att in `forward`, ra
+    /// must hold zeros above the diagonal.
     pub fn backward(
         &self,
         plan: &mut PlanBuilder,
@@ -300,7 +306,7 @@ impl Attention {
                 "attention_scores_backward",
                 scores,
                 &params,
-                &[(3, b.att), (5, b.head_scale), (8, ra)],
+                &[(5, b.head_scale), (8, ra)],
                 &[
                     (15, qkv_tex.clone()),
                     (16, dz_tex.clone()),
