@@ -16,18 +16,14 @@
 // What the loops read, qkv, G (dz), A and R, comes from read-only storage textures the engine
 // stages them into (src/layers/attention.rs): llvmpipe loads a texel for all 8 lanes with inline
 // vector code, where a storage-buffer load is a loop over the lanes (and a sampled-texture fetch an
-// out-of-line call). Texel i holds quad i of the buffer at
-// (i mod 1024, i / 1024), the layout of linear_texture.wgsl.
+// out-of-line call). Texel texel_at(i) holds quad i of the buffer (texel_layout.wgsl, compiled in
+// front).
 // Grid: (ceil(T / 8), NH, B).
 
 @group(0) @binding(15) var qkv_tex: texture_storage_2d<rgba32float, read>; // qkv staged: (B·T, 3C/4) quads
 @group(0) @binding(16) var dz_tex: texture_storage_2d<rgba32float, read>;  // dz staged: (B·T, C/4) quads
 @group(0) @binding(17) var att_tex: texture_storage_2d<rgba32float, read>; // att staged: (B, NH, T, T), 4 per texel
 @group(0) @binding(18) var ra_tex: texture_storage_2d<rgba32float, read>;  // ra staged: (B, NH, T, T), 4 per texel
-
-fn texel_at(i: u32) -> vec2<u32> {
-    return vec2<u32>(i & 1023u, i >> 10u);
-}
 
 fn qkv_staged(i: u32) -> vec4<f32> {
     return textureLoad(qkv_tex, texel_at(i));

@@ -19,7 +19,7 @@
 //   matmul_nt_row_tex, matmul_nn_row_tex   a few rows of C with B staged (the lm_head at the loss
 //                   rows, B = a wte chunk staged once per pass); A stays in its buffer
 // Texture layout: an operand's vec4 number i (in its buffer's order, from the operand's offset)
-// is texel (i mod 1024, i / 1024); p.a_off and p.b_off are not used. A workgroup is one subgroup of
+// is texel texel_at(i) (texel_layout.wgsl, compiled in front); p.a_off and p.b_off are not used. A workgroup is one subgroup of
 // 8 lanes and computes a 16-row × 32-column tile of C; lane l owns vec4 column l. For each 4 k the
 // lanes fetch the tile's A values once and subgroupBroadcast hands them to every lane, and each
 // lane fetches its 4 B quads, so 6 fetches feed 64 vec4 FMAs. Bigger tiles were no faster: the
@@ -29,11 +29,11 @@
 @group(0) @binding(7) var b_tex: texture_storage_2d<rgba32float, read>;
 
 fn a_at(i: u32) -> vec4<f32> {
-    return textureLoad(a_tex, vec2<u32>(i & 1023u, i >> 10u));
+    return textureLoad(a_tex, texel_at(i));
 }
 
 fn b_at(i: u32) -> vec4<f32> {
-    return textureLoad(b_tex, vec2<u32>(i & 1023u, i >> 10u));
+    return textureLoad(b_tex, texel_at(i));
 }
 
 // C = A·B (B staged row by row): lane l fetches B rows 4·k4 … 4·k4 + 3 at its 4 columns and A row row0 + 8g + l.

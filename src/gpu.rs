@@ -33,10 +33,10 @@ impl BackendChoice {
     }
 }
 
-/// Texels per row of the textures the texture GEMMs read (`shaders/linear_texture.wgsl`): an
-/// operand's vec4 number i is texel (i mod 1024, i / 1024). Rows of 16 KiB of f32 are a multiple
-/// of the 256-byte row pitch buffer-texture copies need, and with 16384 rows (the usual 2-D
-/// limit) a texture holds 64 M values, a GPT-2 wte chunk.
+/// Texels per row of the textures the kernels read operands from: an operand's vec4 number i is
+/// texel (i mod 1024, i / 1024), which `shaders/texel_layout.wgsl` writes out for the kernels.
+/// Rows of 16 KiB of f32 are a multiple of the 256-byte row pitch buffer-texture copies need, and
+/// with 16384 rows (the usual 2-D limit) a texture holds 64 M values, a GPT-2 wte chunk.
 pub const TEXTURE_ROW_TEXELS: u64 = 1024;
 
 pub const NO_ADAPTER_HELP: &str = "no usable GPU adapter found; on Linux without a GPU install \

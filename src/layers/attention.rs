@@ -143,6 +143,7 @@ impl Attention {
                 // attention.wgsl's parameters, bindings and helpers, then the subgroup kernels
                 concat!(
                     include_str!("../../shaders/attention.wgsl"),
+                    include_str!("../../shaders/texel_layout.wgsl"),
                     include_str!("../../shaders/attention_subgroup.wgsl"),
                 ),
                 [

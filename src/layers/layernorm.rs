@@ -296,23 +296,27 @@ impl LayerNorm {
 }
 
 /// `layernorm_subgroup.wgsl` with `x_at` and `dout_at` reading the read-only storage textures
-/// `X_TEXTURE` and `DOUT_TEXTURE` (bindings 14 and 15, quad i at texel (i mod 1024, i / 1024))
-/// instead of their buffers.
+/// `X_TEXTURE` and `DOUT_TEXTURE` (bindings 14 and 15, quad i at `texel_at(i)`) instead of their
+/// buffers, behind `texel_layout.wgsl`.
 fn staged_source(source: &str) -> String {
     const BUFFER_READS: &str = "fn x_at(i: u32) -> vec4<f32> { return x4[i]; }\n\
                                 fn dout_at(i: u32) -> vec4<f32> { return dout4[i]; }\n";
     const TEXTURE_READS: &str = "\
 @group(0) @binding(14) var x_tex: texture_storage_2d<rgba32float, read>;    // x staged
 @group(0) @binding(15) var dout_tex: texture_storage_2d<rgba32float, read>; // dout staged
-fn x_at(i: u32) -> vec4<f32> { return textureLoad(x_tex, vec2<u32>(i & 1023u, i >> 10u)); }
-fn dout_at(i: u32) -> vec4<f32> { return textureLoad(dout_tex, vec2<u32>(i & 1023u, i >> 10u)); }
+fn x_at(i: u32) -> vec4<f32> { return textureLoad(x_tex, texel_at(i)); }
+fn dout_at(i: u32) -> vec4<f32> { return textureLoad(dout_tex, texel_at(i)); }
 ";
     assert_eq!(
         source.matches(BUFFER_READS).count(),
         1,
         "layernorm_subgroup.wgsl defines x_at and dout_at once"
     );
-    source.replacen(BUFFER_READS, TEXTURE_READS, 1)
+    let layout = include_str!("../../shaders/texel_layout.wgsl");
+    format!(
+        "{layout}{}",
+        source.replacen(BUFFER_READS, TEXTURE_READS, 1)
+    )
 }
 
 /// Texels a staged LayerNorm copies for `rows` rows of `c` channels (x, and at most as many for

@@ -697,6 +697,7 @@ impl Linear {
                 let source = concat!(
                     include_str!("../../shaders/gelu_math.wgsl"),
                     include_str!("../../shaders/linear_subgroup.wgsl"),
+                    include_str!("../../shaders/texel_layout.wgsl"),
                     include_str!("../../shaders/linear_texture.wgsl"),
                 );
                 let source = with_storage(source, "b4", self.b_format);
