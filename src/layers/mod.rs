@@ -21,7 +21,7 @@ pub enum WeightFormat {
     #[default]
     F32,
     /// 2 bytes per weight (IEEE binary16, round to nearest even), unpacked to f32 in the
-    /// kernels with `unpack2x16float` (buffers) or by the texture unit (rgba16float weight
+    /// kernels with `unpack2x16float` (buffers) or by the texture load (rgba16float weight
     /// textures), so no SHADER_F16 feature is needed. Halves weight memory; inference and RA only
     /// (training keeps f32 master weights).
     F16,
