@@ -202,6 +202,49 @@ fn check_linear(ctx: &GpuContext, linear: &Linear, format: WeightFormat) {
                 REL_TOL,
             );
         }
+        // A span of rows at their own positions (the last block at the loss rows): the rows in it
+        // as above, every other row of the outputs untouched (zero in fresh buffers).
+        if m >= 3 {
+            let span = 1..m - 1;
+            let in_span = |want: &[f64], cols: usize| -> Vec<f64> {
+                (0..m * cols)
+                    .map(|i| if span.contains(&(i / cols)) { want[i] } else { 0.0 })
+                    .collect()
+            };
+            let (want_span, want_dx_span) = (in_span(&want, n), in_span(&want_dx, k));
+            let mut weights = vec![("buffer", Weight::Buffer(&wb))];
+            let texture = (linear.has_texture_kernels()
+                && weights_fit_textures(k, n, max_scratch_texels(ctx)))
+            .then(|| {
+                let blocked = weight_bytes(&block_weights(&w, k, n), format);
+                ctx.upload_texels("w texture", &blocked, texel_format(format))
+            });
+            if let Some(wt) = &texture {
+                weights.push(("texture", Weight::Texture(wt)));
+            }
+            for (kind, weight) in weights {
+                let out = ctx.storage("out span", 4 * (m * n) as u64);
+                let dx = ctx.storage("dx span", 4 * (m * k) as u64);
+                run(ctx, |p| {
+                    let rows = span.clone();
+                    linear.forward(p, &out, &xb, weight, Some(&bb), Some(&rb), (rows, k, n));
+                    linear.backward_input(p, &dx, &doutb, weight, (span.clone(), k, n));
+                });
+                let tag = format!("{tag} W in a {kind}, rows {span:?}");
+                assert_close(
+                    &format!("linear forward M{m} K{k} N{n} ({tag})"),
+                    &read(ctx, &out, m * n),
+                    &want_span,
+                    REL_TOL,
+                );
+                assert_close(
+                    &format!("linear backward_input M{m} K{k} N{n} ({tag})"),
+                    &read(ctx, &dx, m * k),
+                    &want_dx_span,
+                    REL_TOL,
+                );
+            }
+        }
         if format != WeightFormat::F32 {
             continue;
         }
