@@ -24,6 +24,7 @@ use crate::layers::linear::{
     block_weights, texture_gemms_available, weights_fit_textures, Gemm, GemmOp, Linear, Operand,
     Weight,
 };
+use crate::layers::lm_head::{self, LmHead, LmHeadBuffers, WteChunk};
 use crate::layers::{max_scratch_texels, Plan, PlanBuilder, TextureBinding, WeightFormat};
 use crate::loss::{LossPlan, Sequence, TrainBatch};
 use crate::model::{f16_bits, GptConfig, Model, Tensor, Weights};
@@ -44,10 +45,13 @@ pub struct Kernels {
     weight_linear: Option<Linear>,
     pub attention: Attention,
     pub cross_entropy: CrossEntropy,
+    /// The lm_head and the loss fused (CPU adapters, where wte sits in textures).
+    pub lm_head: Option<LmHead>,
 }
 
 impl Kernels {
-    pub fn new(ctx: &GpuContext, weights: WeightFormat) -> Result<Self> {
+    /// Kernels for `cfg`'s model with weights stored as `weights`.
+    pub fn new(ctx: &GpuContext, cfg: &GptConfig, weights: WeightFormat) -> Result<Self> {
         let k = Kernels {
             embedding: Embedding::for_weights(ctx, weights),
             layernorm: LayerNorm::new(ctx),
@@ -56,6 +60,9 @@ impl Kernels {
                 .then(|| Linear::for_weights(ctx, weights)),
             attention: Attention::new(ctx),
             cross_entropy: CrossEntropy::new(ctx),
+            lm_head: (crate::layers::linear::texture_gemms_available(ctx)
+                && lm_head::fits(cfg.n_embd, 0))
+            .then(|| LmHead::new(ctx, weights, cfg.n_embd)),
         };
         ctx.check("compiling the WGSL kernels")?;
         Ok(k)
@@ -491,8 +498,14 @@ struct Workspace {
     ln_f_rows: wgpu::Buffer, // (R, C) its loss rows, when gathered: the lm_head's input
     // loss
     logits: wgpu::Buffer,    // (R, V)
-    dlogits: wgpu::Buffer,   // (R, V)
+    dlogits: wgpu::Buffer,   // (R, V), unused by the fused lm_head
     loss_rows: wgpu::Buffer, // (R)
+    // the fused lm_head's partial sums (`fused_lm_head`), NB blocks of wte rows
+    block_stats: wgpu::Buffer, // (R, NB, 2)
+    block_acc: wgpu::Buffer,   // (R, NB, C)
+    chunk_terms: wgpu::Buffer, // (R, chunks, C)
+    /// The lm_head and the loss run fused (`lm_head.wgsl`).
+    fused_lm_head: bool,
     // backward
     dln_f_rows: wgpu::Buffer,   // (R, C)
     dhidden: Vec<wgpu::Buffer>, // L+1 × (N, C): dL/dhidden[l]
@@ -509,6 +522,31 @@ struct Workspace {
     plan: Plan,
     /// Bytes of all the buffers above.
     bytes: u64,
+}
+
+/// Whether a plan for `key` runs the lm_head and the loss fused (`lm_head.wgsl`): on CPU adapters,
+/// at up to `LM_HEAD_STAGED_ROWS` loss rows, without weight gradients (wte's needs dlogits), with
+/// every wte chunk fitting a texture and rows the kernels take.
+fn fused_lm_head(
+    ctx: &GpuContext,
+    k: &Kernels,
+    w: &GpuWeights,
+    cfg: &GptConfig,
+    key: &PlanKey,
+) -> bool {
+    let c = cfg.n_embd;
+    let x_off = match &key.rows {
+        LossRows::Range(rows) => rows.start * c,
+        LossRows::Gather { .. } => 0,
+    };
+    let max_texels = max_scratch_texels(ctx);
+    k.lm_head.is_some()
+        && !key.weight_grads
+        && key.rows.len() <= LM_HEAD_STAGED_ROWS
+        && lm_head::fits(c, x_off)
+        && w.wte.iter().all(|chunk| {
+            crate::layers::linear::staged_weight_texels(chunk.rows * c, max_texels).is_some()
+        })
 }
 
 impl Workspace {
@@ -537,6 +575,17 @@ impl Workspace {
         let (bwd, wg) = (key.backward, key.weight_grads);
         let gather = matches!(key.rows, LossRows::Gather { .. });
         let top = key.top_rows().is_some();
+        let fused = fused_lm_head(ctx, k, w, cfg, &key);
+        let chunk_rows: Vec<usize> = w.wte.iter().map(|chunk| chunk.rows).collect();
+        let nb = lm_head::blocks(&chunk_rows);
+        // the fused kernels' sums, when they run (and the backward's only with it)
+        let partial = |floats: usize, with_backward: bool| {
+            if fused && (bwd || !with_backward) {
+                floats
+            } else {
+                1
+            }
+        };
         let slots = |label: &str, floats: usize| {
             let s = LayerSlots::new(ctx, label, floats, nl, wg);
             allocated.set(allocated.get() + s.0.iter().map(|b| b.size()).sum::<u64>());
@@ -572,8 +621,12 @@ impl Workspace {
             ln_f_out: buf("ln_f_out", n * c),
             ln_f_rows: buf("ln_f_rows", if gather { r * c } else { 1 }),
             logits: buf("logits", r * v),
-            dlogits: buf("dlogits", r * v),
+            dlogits: buf("dlogits", if fused { 1 } else { r * v }),
             loss_rows: buf("loss_rows", r),
+            block_stats: buf("block_stats", partial(r * nb * 2, false)),
+            block_acc: buf("block_acc", partial(r * nb * c, true)),
+            chunk_terms: buf("chunk_terms", partial(r * chunk_rows.len() * c, true)),
+            fused_lm_head: fused,
             dln_f_rows: buf("dln_f_rows", r * c),
             dhidden: if bwd {
                 (0..=nl).map(|_| buf("dhidden", n * c)).collect()
@@ -747,42 +800,81 @@ impl Workspace {
                     .map(TextureBinding::Scratch)
             })
             .collect();
-        for (chunk, staged) in w.wte.iter().zip(&staged_wte) {
-            k.weight_gemms().gemm_with_staged_b(
+        // On CPU adapters: logits, the loss and dln_f_rows in one pass over wte.
+        if self.fused_lm_head {
+            let lm_head = k
+                .lm_head
+                .as_ref()
+                .expect("fused_lm_head checks the kernels");
+            let chunks: Vec<WteChunk> = w
+                .wte
+                .iter()
+                .zip(&staged_wte)
+                .map(|(chunk, staged)| WteChunk {
+                    texture: staged.clone().expect("fused_lm_head checks the textures"),
+                    row0: chunk.row0,
+                    rows: chunk.rows,
+                })
+                .collect();
+            let buffers = LmHeadBuffers {
+                x: ln_f_rows.buffer,
+                x_off: ln_f_rows.offset as usize,
+                lse_scale: &self.lse_scale,
+                terms: &self.terms,
+                term_start: &self.term_start,
+                logits: &self.logits,
+                loss_rows: &self.loss_rows,
+                dx: &self.dln_f_rows,
+                with_grad: key.backward,
+                block_stats: &self.block_stats,
+                block_acc: &self.block_acc,
+                chunk_terms: &self.chunk_terms,
+            };
+            lm_head.forward_backward(p, &buffers, &chunks, (r, c, v));
+        } else {
+            for (chunk, staged) in w.wte.iter().zip(&staged_wte) {
+                k.weight_gemms().gemm_with_staged_b(
+                    p,
+                    "lm_head_forward",
+                    &Gemm {
+                        m: r,
+                        n: chunk.rows,
+                        k: c,
+                        a: ln_f_rows,
+                        b: Operand::new(&chunk.buffer, c),
+                        op: GemmOp::NT,
+                        c: Operand::new(&self.logits, v).at(chunk.row0),
+                        bias: None,
+                        residual: None,
+                        accumulate: false,
+                        gelu: None,
+                    },
+                    staged.clone(),
+                );
+            }
+            k.cross_entropy.forward_backward(
                 p,
-                "lm_head_forward",
-                &Gemm {
-                    m: r,
-                    n: chunk.rows,
-                    k: c,
-                    a: ln_f_rows,
-                    b: Operand::new(&chunk.buffer, c),
-                    op: GemmOp::NT,
-                    c: Operand::new(&self.logits, v).at(chunk.row0),
-                    bias: None,
-                    residual: None,
-                    accumulate: false,
-                    gelu: None,
-                },
-                staged.clone(),
+                &self.loss_rows,
+                &self.dlogits,
+                &self.logits,
+                &self.lse_scale,
+                (&self.terms, &self.term_start),
+                (r, v),
             );
         }
-        k.cross_entropy.forward_backward(
-            p,
-            &self.loss_rows,
-            &self.dlogits,
-            &self.logits,
-            &self.lse_scale,
-            (&self.terms, &self.term_start),
-            (r, v),
-        );
         if !key.backward {
             return plan.finish();
         }
 
         // ---- backward ----
-        // dln_f_rows (R, C) = dlogits · wte, differentiating logits = x·wteᵀ in x; summed over chunks.
-        for (i, (chunk, staged)) in w.wte.iter().zip(&staged_wte).enumerate() {
+        // dln_f_rows (R, C) = dlogits · wte, differentiating logits = x·wteᵀ in x; summed over
+        // chunks (the fused lm_head wrote it already).
+        let unfused_wte = if self.fused_lm_head {
+            &[][..]
+        } else {
+            &w.wte[..]
+        };
+        for (i, (chunk, staged)) in unfused_wte.iter().zip(&staged_wte).enumerate() {
             k.weight_gemms().gemm_with_staged_b(
                 p,
                 "lm_head_backward",
@@ -1204,6 +1296,27 @@ impl MemoryEstimate {
             + b(cfg.n_positions * c)
             + nl as u64 * (vectors.iter().sum::<u64>() + matrices.iter().sum::<u64>())
             + 2 * b(c);
+        // the lm_head and the loss fused (`fused_lm_head`)
+        let fused = limits.scratch_texels.is_some_and(|max_texels| {
+            rows <= LM_HEAD_STAGED_ROWS
+                && lm_head::fits(c, 0)
+                && chunk_sizes
+                    .iter()
+                    .all(|&n| crate::layers::linear::staged_weight_texels(n, max_texels).is_some())
+        });
+        let nb = lm_head::blocks(
+            &(0..v)
+                .step_by(chunk_rows)
+                .map(|r0| chunk_rows.min(v - r0))
+                .collect::<Vec<_>>(),
+        );
+        let partial = |floats: usize, with_backward: bool| {
+            b(if fused && (backward || !with_backward) {
+                floats
+            } else {
+                1
+            })
+        };
         let att = b(nh * t * t);
         let mut sizes = vec![
             b(t),
@@ -1218,9 +1331,12 @@ impl MemoryEstimate {
             b(t * c),
             b(1), // ln_f_out, ln_f_rows
             b(rows * v),
-            b(rows * v),
+            b(if fused { 1 } else { rows * v }),
             b(rows),
             b(rows * c), // logits, dlogits, loss_rows, dln_f_rows
+            partial(rows * nb * 2, false),
+            partial(rows * nb * c, true),
+            partial(rows * chunk_sizes.len() * c, true), // block_stats, block_acc, chunk_terms
             b(t * c),
             b(t * c),
             b(t * c),
@@ -1348,7 +1464,7 @@ impl Engine {
     }
 
     fn build(ctx: GpuContext, model: &Model, format: WeightFormat, textures: bool) -> Result<Self> {
-        let kernels = Kernels::new(&ctx, format)?;
+        let kernels = Kernels::new(&ctx, &model.config, format)?;
         let weights = GpuWeights::upload(&ctx, model, format, textures)?;
         model.weights.release_resident_pages();
         Ok(Engine {

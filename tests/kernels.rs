@@ -15,6 +15,7 @@ use revattn::layers::linear::{
     block_weights, texel_format, weights_fit_textures, Gemm, GemmKernels, GemmOp, Linear, Operand,
     Weight,
 };
+use revattn::layers::lm_head::{self, LmHead, LmHeadBuffers, WteChunk};
 use revattn::layers::{execute, max_scratch_texels, PlanBuilder, TextureBinding, WeightFormat};
 use revattn::loss::{LossKind, Sequence};
 use revattn::model::f16_bits;
@@ -208,7 +209,13 @@ fn check_linear(ctx: &GpuContext, linear: &Linear, format: WeightFormat) {
             let span = 1..m - 1;
             let in_span = |want: &[f64], cols: usize| -> Vec<f64> {
                 (0..m * cols)
-                    .map(|i| if span.contains(&(i / cols)) { want[i] } else { 0.0 })
+                    .map(|i| {
+                        if span.contains(&(i / cols)) {
+                            want[i]
+                        } else {
+                            0.0
+                        }
+                    })
                     .collect()
             };
             let (want_span, want_dx_span) = (in_span(&want, n), in_span(&want_dx, k));
@@ -873,5 +880,138 @@ fn loss_kernel_matches_reference_for_every_loss() {
         );
         let got: f64 = read(&ctx, &lr, r).iter().map(|&x| x as f64).sum();
         assert_close(&format!("loss {name}"), &[got as f32], &[loss], REL_TOL);
+    }
+}
+
+/// The fused lm_head and loss (CPU adapters): logits = x·wteᵀ, the loss and dx = dlogits·wte in one
+/// pass over wte, against the reference for every loss, with wte split into chunks that are not
+/// multiples of the kernel's 128-row blocks, the terms' ids in different chunks, rows of C values
+/// not a multiple of the 8 lanes' 32, loss rows at an offset, f16 weights, and forward-only.
+#[test]
+fn fused_lm_head_matches_reference_for_every_loss() {
+    let ctx = gpu();
+    if !revattn::layers::linear::texture_gemms_available(&ctx) {
+        println!("skipped: the fused lm_head runs on CPU adapters with 8-lane subgroups only");
+        return;
+    }
+    let mut rng = Rng(11);
+    let v = 1031;
+    let chunks = [0..300, 300..700, 700..v];
+    let batch = revattn::loss::TrainBatch {
+        b: 2,
+        t: 5,
+        ids: vec![0; 10],
+        targets: vec![3, -1, 1030, 7, -1, -1, 0, 5, -1, 12],
+    };
+    let mut cases: Vec<(String, revattn::loss::LossPlan)> =
+        [LossKind::Nll, LossKind::Ce, LossKind::LogitDiff]
+            .into_iter()
+            .map(|kind| {
+                let seq = Sequence::from_ids(vec![1, 2, 3, 4], kind, &[5, 900, 350], Some(17));
+                (kind.name().to_string(), seq.loss)
+            })
+            .collect();
+    cases.push(("training batch".to_string(), batch.loss_plan()));
+    for format in [WeightFormat::F32, WeightFormat::F16] {
+        for c in [36, 64, 100] {
+            let head = LmHead::new(&ctx, format, c);
+            let (_, wte) = upload_weights(&ctx, &rng.vec(v * c, 0.5), format);
+            let textures: Vec<wgpu::TextureView> = chunks
+                .iter()
+                .map(|rows| {
+                    let bytes = weight_bytes(&wte[rows.start * c..rows.end * c], format);
+                    ctx.upload_texels("wte chunk", &bytes, texel_format(format))
+                })
+                .collect();
+            let wte_chunks: Vec<WteChunk> = chunks
+                .iter()
+                .zip(&textures)
+                .map(|(rows, t)| WteChunk {
+                    texture: TextureBinding::View(t.clone()),
+                    row0: rows.start,
+                    rows: rows.len(),
+                })
+                .collect();
+            let chunk_rows: Vec<usize> = chunks.iter().map(|r| r.len()).collect();
+            let nb = lm_head::blocks(&chunk_rows);
+            for (name, plan) in &cases {
+                let r = plan.n_rows();
+                // two rows before the loss rows: x_off = 2·C
+                let x = rng.vec((r + 2) * c, 1.0);
+                let (terms, term_start) = gpu_terms(&plan.terms, r);
+                let (xb, sb, tb, ts) = (
+                    ctx.upload("x", &x),
+                    ctx.upload("lse", &plan.lse_scale),
+                    ctx.upload("terms", &terms),
+                    ctx.upload("term_start", &term_start),
+                );
+                let mut want_logits = vec![0.0; r * v];
+                for (i, l) in want_logits.iter_mut().enumerate() {
+                    let (row, id) = (i / v, i % v);
+                    let xr = &x[(row + 2) * c..(row + 3) * c];
+                    *l = xr
+                        .iter()
+                        .zip(&wte[id * c..(id + 1) * c])
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum();
+                }
+                let mut dlogits = vec![0.0; r * v];
+                let loss = reference::loss_forward_backward(&mut dlogits, &want_logits, plan, v);
+                let mut want_dx = vec![0.0; r * c];
+                for (i, d) in want_dx.iter_mut().enumerate() {
+                    let (row, col) = (i / c, i % c);
+                    *d = (0..v)
+                        .map(|id| dlogits[row * v + id] * wte[id * c + col] as f64)
+                        .sum();
+                }
+                for with_grad in [true, false] {
+                    let logits = ctx.storage("logits", 4 * (r * v) as u64);
+                    let loss_rows = ctx.storage("loss", 4 * r as u64);
+                    let dx = ctx.storage("dx", 4 * (r * c) as u64);
+                    let stats = ctx.storage("stats", 8 * (r * nb) as u64);
+                    let acc = ctx.storage("acc", 4 * (r * nb * c) as u64);
+                    let chunk_terms = ctx.storage("chunk terms", 4 * (r * chunks.len() * c) as u64);
+                    let buffers = LmHeadBuffers {
+                        x: &xb,
+                        x_off: 2 * c,
+                        lse_scale: &sb,
+                        terms: &tb,
+                        term_start: &ts,
+                        logits: &logits,
+                        loss_rows: &loss_rows,
+                        dx: &dx,
+                        with_grad,
+                        block_stats: &stats,
+                        block_acc: &acc,
+                        chunk_terms: &chunk_terms,
+                    };
+                    run(&ctx, |p| {
+                        head.forward_backward(p, &buffers, &wte_chunks, (r, c, v))
+                    });
+                    let tag = format!("{name}, C{c}, {} wte, grad {with_grad}", format.as_str());
+                    assert_close(
+                        &format!("fused lm_head logits ({tag})"),
+                        &read(&ctx, &logits, r * v),
+                        &want_logits,
+                        REL_TOL,
+                    );
+                    let got: f64 = read(&ctx, &loss_rows, r).iter().map(|&x| x as f64).sum();
+                    assert_close(
+                        &format!("fused lm_head loss ({tag})"),
+                        &[got as f32],
+                        &[loss],
+                        REL_TOL,
+                    );
+                    if with_grad {
+                        assert_close(
+                            &format!("fused lm_head dx ({tag})"),
+                            &read(&ctx, &dx, r * c),
+                            &want_dx,
+                            REL_TOL,
+                        );
+                    }
+                }
+            }
+        }
     }
 }

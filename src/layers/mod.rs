@@ -9,6 +9,7 @@ pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
 pub mod linear;
+pub mod lm_head;
 
 use crate::gpu::GpuContext;
 
