@@ -23,7 +23,11 @@
 // 8 lanes and computes a 16-row × 32-column tile of C; lane l owns vec4 column l. For each 4 k the
 // lanes fetch the tile's A values once and subgroupBroadcast hands them to every lane, and each
 // lane fetches its 4 B quads, so 6 fetches feed 64 vec4 FMAs. Bigger tiles were no faster: the
-// accumulators spill either way.
+// accumulators spill either way. The grid is (row tiles, column tiles) of the 16 × 32 tiles:
+// llvmpipe starts workgroups in dispatch order, x fastest, so the row tiles of one 32-column strip
+// of B run one after another and find the strip in cache. A pass reads each weight matrix once per
+// direction, so B comes from memory, not from cache, when the strips are walked first (measured:
+// an RA pass at T = 64 7% faster, at T = 256 1%; docs/BENCHMARKS.md).
 
 @group(0) @binding(6) var a_tex: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(7) var b_tex: texture_storage_2d<rgba32float, read>;
@@ -39,8 +43,8 @@ fn b_at(i: u32) -> vec4<f32> {
 // C = A·B (B staged row by row): lane l fetches B rows 4·k4 … 4·k4 + 3 at its 4 columns and A row row0 + 8g + l.
 @compute @workgroup_size(8)
 fn matmul_nn_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let row0 = wid.y * 16u;
-    let cv = wid.x * 8u + lane;
+    let row0 = wid.x * 16u;
+    let cv = wid.y * 8u + lane;
     let ldb4 = p.ldb / 4u;
     let bcol = min(cv, p.n / 4u - 1u);
     let ar0 = min(row0 + 0u + lane, p.m - 1u) * (p.lda / 4u);
@@ -109,8 +113,8 @@ fn matmul_nn_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invoca
 // as separate registers).
 @compute @workgroup_size(8)
 fn matmul_nt_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let row0 = wid.y * 16u;
-    let cv = wid.x * 8u + lane;
+    let row0 = wid.x * 16u;
+    let cv = wid.y * 8u + lane;
     let ldb4 = p.ldb / 4u;
     let br0 = min(4u * cv + 0u, p.n - 1u) * ldb4;
     let br1 = min(4u * cv + 1u, p.n - 1u) * ldb4;
@@ -185,8 +189,8 @@ fn matmul_nt_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invoca
 // hold the tile's 4 × 16 A values; each lane fetches its B quads of rows k … k + 3, zeroed past K.
 @compute @workgroup_size(8)
 fn matmul_tn_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let row0 = wid.y * 16u;
-    let cv = wid.x * 8u + lane;
+    let row0 = wid.x * 16u;
+    let cv = wid.y * 8u + lane;
     let lda4 = p.lda / 4u;
     let ldb4 = p.ldb / 4u;
     let bcol = min(cv, p.n / 4u - 1u);
@@ -303,8 +307,8 @@ fn matmul_nn_row_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_in
 // C = A·B (B is a weight texture in 4×4 blocks: its 4 quads are one block): lane l fetches B rows 4·k4 … 4·k4 + 3 at its 4 columns and A row row0 + 8g + l.
 @compute @workgroup_size(8)
 fn matmul_nn_texw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let row0 = wid.y * 16u;
-    let cv = wid.x * 8u + lane;
+    let row0 = wid.x * 16u;
+    let cv = wid.y * 8u + lane;
     let ldb4 = p.ldb / 4u;
     let bcol = min(cv, p.n / 4u - 1u);
     let ar0 = min(row0 + 0u + lane, p.m - 1u) * (p.lda / 4u);
@@ -373,8 +377,8 @@ fn matmul_nn_texw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invoc
 // as separate registers).
 @compute @workgroup_size(8)
 fn matmul_nt_texw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let row0 = wid.y * 16u;
-    let cv = wid.x * 8u + lane;
+    let row0 = wid.x * 16u;
+    let cv = wid.y * 8u + lane;
     let ldb4 = p.ldb / 4u;
     let brow = min(cv, p.n / 4u - 1u) * ldb4;
     let ar0 = min(row0 + 0u + lane, p.m - 1u) * (p.lda / 4u);

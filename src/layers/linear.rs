@@ -658,7 +658,8 @@ impl Linear {
             params,
             &self.epilogue_bindings(g),
             &[(6, TextureBinding::Scratch(A_TEXTURE)), (7, b_texture)],
-            [(g.n as u32).div_ceil(32), (g.m as u32).div_ceil(16), 1],
+            // row tiles first: each strip of B is read from memory once (linear_texture.wgsl)
+            [(g.m as u32).div_ceil(16), (g.n as u32).div_ceil(32), 1],
         );
         true
     }
