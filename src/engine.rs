@@ -30,8 +30,10 @@ use crate::loss::{LossPlan, Sequence, TrainBatch};
 use crate::model::{f16_bits, GptConfig, Model, Tensor, Weights};
 use crate::pass::{Backend, ForwardOptions, PassOutput, PassTimings, Readback};
 
-/// Up to this many loss rows, the lm_head stages each wte chunk into a texture once per pass and
-/// runs one-row kernels on it (`Linear::gemm_with_staged_b`); more rows take the tile GEMMs.
+/// Up to this many loss rows, the lm_head reads wte's chunks from textures (kept by an inference
+/// engine, else staged once per pass): fused with the loss (`lm_head.wgsl`), or, where wte's
+/// gradient needs dlogits, as one-row kernels (`Linear::gemm_with_staged_b`). More rows take the
+/// tile GEMMs.
 const LM_HEAD_STAGED_ROWS: usize = 8;
 
 /// Every kernel, compiled once per engine.
