@@ -831,13 +831,9 @@ fn check_attention(ctx: &GpuContext, attn: &Attention) {
     }
 }
 
-#[test]
-fn loss_kernel_matches_reference_for_every_loss() {
-    let ctx = gpu();
-    let ce = CrossEntropy::new(&ctx);
-    let mut rng = Rng(7);
-    let v = 1031;
-    // The three RA losses, and a training batch (many rows, one target on some of them).
+/// The three RA losses of a 4-token prompt with a 3-token `target` (and foil 17), and a training
+/// batch (many rows, a target on some of them); ids below 1031.
+fn every_loss(target: &[u32]) -> Vec<(String, revattn::loss::LossPlan)> {
     let batch = revattn::loss::TrainBatch {
         b: 2,
         t: 5,
@@ -848,12 +844,21 @@ fn loss_kernel_matches_reference_for_every_loss() {
         [LossKind::Nll, LossKind::Ce, LossKind::LogitDiff]
             .into_iter()
             .map(|kind| {
-                let seq = Sequence::from_ids(vec![1, 2, 3, 4], kind, &[5, 900, 5], Some(17));
+                let seq = Sequence::from_ids(vec![1, 2, 3, 4], kind, target, Some(17));
                 (kind.name().to_string(), seq.loss)
             })
             .collect();
     cases.push(("training batch".to_string(), batch.loss_plan()));
-    for (name, plan) in &cases {
+    cases
+}
+
+#[test]
+fn loss_kernel_matches_reference_for_every_loss() {
+    let ctx = gpu();
+    let ce = CrossEntropy::new(&ctx);
+    let mut rng = Rng(7);
+    let v = 1031;
+    for (name, plan) in &every_loss(&[5, 900, 5]) {
         let r = plan.n_rows();
         let logits = rng.vec(r * v, 6.0);
         let (terms, term_start) = gpu_terms(&plan.terms, r);
@@ -897,21 +902,8 @@ fn fused_lm_head_matches_reference_for_every_loss() {
     let mut rng = Rng(11);
     let v = 1031;
     let chunks = [0..300, 300..700, 700..v];
-    let batch = revattn::loss::TrainBatch {
-        b: 2,
-        t: 5,
-        ids: vec![0; 10],
-        targets: vec![3, -1, 1030, 7, -1, -1, 0, 5, -1, 12],
-    };
-    let mut cases: Vec<(String, revattn::loss::LossPlan)> =
-        [LossKind::Nll, LossKind::Ce, LossKind::LogitDiff]
-            .into_iter()
-            .map(|kind| {
-                let seq = Sequence::from_ids(vec![1, 2, 3, 4], kind, &[5, 900, 350], Some(17));
-                (kind.name().to_string(), seq.loss)
-            })
-            .collect();
-    cases.push(("training batch".to_string(), batch.loss_plan()));
+    // targets and foil in different chunks
+    let cases = every_loss(&[5, 900, 350]);
     for format in [WeightFormat::F32, WeightFormat::F16] {
         for c in [36, 64, 100] {
             let head = LmHead::new(&ctx, format, c);

@@ -154,8 +154,8 @@ impl LmHead {
             flags: if b.with_grad { WITH_GRAD } else { 0 },
             _pad: [0; 2],
         };
-        let buffers = [
-            (1, b.x),
+        // what both kernels bind; the blocks kernel adds x, the combine the loss's inputs and outputs
+        let shared = [
             (3, b.terms),
             (4, b.term_start),
             (5, b.logits),
@@ -163,6 +163,7 @@ impl LmHead {
             (7, b.block_acc),
             (8, b.chunk_terms),
         ];
+        let buffers = [[(1, b.x)].as_slice(), &shared].concat();
         for (i, chunk) in wte.iter().enumerate() {
             params.chunk_row0 = chunk.row0 as u32;
             params.chunk_rows = chunk.rows as u32;
@@ -182,16 +183,11 @@ impl LmHead {
             &self.combine,
             &params,
             &[
-                (2, b.lse_scale),
-                (3, b.terms),
-                (4, b.term_start),
-                (5, b.logits),
-                (6, b.block_stats),
-                (7, b.block_acc),
-                (8, b.chunk_terms),
-                (9, b.loss_rows),
-                (10, b.dx),
-            ],
+                [(2, b.lse_scale)].as_slice(),
+                &shared,
+                &[(9, b.loss_rows), (10, b.dx)],
+            ]
+            .concat(),
             [(c as u32 / 4).div_ceil(8), r as u32, 1],
         );
     }
