@@ -274,6 +274,7 @@ fn summarize(
     let sum = |pred: &dyn Fn(&str) -> bool| -> f64 {
         kernels.iter().filter(|k| pred(&k.0)).map(|k| k.2).sum()
     };
+    // the fused lm_head_loss counts as a GEMM: its work is the lm_head's forward and backward GEMVs
     let is_gemm = |l: &str| l.starts_with("linear_") || l.starts_with("lm_head_");
     let gemm_ms = sum(&is_gemm);
     let attention_ms = sum(&|l: &str| l.starts_with("attention_"));
