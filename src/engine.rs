@@ -871,12 +871,8 @@ impl Workspace {
         // ---- backward ----
         // dln_f_rows (R, C) = dlogits · wte, differentiating logits = x·wteᵀ in x; summed over
         // chunks (the fused lm_head wrote it already).
-        let unfused_wte = if self.fused_lm_head {
-            &[][..]
-        } else {
-            &w.wte[..]
-        };
-        for (i, (chunk, staged)) in unfused_wte.iter().zip(&staged_wte).enumerate() {
+        let chunks = w.wte.iter().zip(&staged_wte).enumerate();
+        for (i, (chunk, staged)) in chunks.filter(|_| !self.fused_lm_head) {
             k.weight_gemms().gemm_with_staged_b(
                 p,
                 "lm_head_backward",
@@ -1255,10 +1251,12 @@ impl MemoryEstimate {
         let m = |weights_: usize| bytes(weights.bytes_per_weight() * weights_);
         // wte in chunks of whole rows that fit one binding (as GpuWeights::upload splits it)
         let chunk_rows = vocab_chunk_rows(max_binding, c, weights);
-        let wte: Vec<u64> = (0..v)
+        let chunk_lens: Vec<usize> = (0..v)
             .step_by(chunk_rows)
-            .map(|r0| m(chunk_rows.min(v - r0) * c))
+            .map(|r0| chunk_rows.min(v - r0))
             .collect();
+        let chunk_sizes: Vec<usize> = chunk_lens.iter().map(|rows| rows * c).collect();
+        let wte: Vec<u64> = chunk_sizes.iter().map(|&n| m(n)).collect();
         // the Conv1D matrices: buffers, or textures (not buffers) for `Engine::for_inference`
         // on a CPU adapter
         let textured = limits
@@ -1277,17 +1275,14 @@ impl MemoryEstimate {
         } else {
             vectors.iter().chain(&matrices).copied().collect()
         };
-        // an inference engine's wte chunks as textures too, where every chunk fits one
-        let chunk_sizes: Vec<usize> = (0..v)
-            .step_by(chunk_rows)
-            .map(|r0| chunk_rows.min(v - r0) * c)
-            .collect();
-        let wte_textured = textured
-            && limits.scratch_texels.is_some_and(|max_texels| {
-                chunk_sizes
-                    .iter()
-                    .all(|&n| crate::layers::linear::staged_weight_texels(n, max_texels).is_some())
-            });
+        // every wte chunk fits a texture: an inference engine keeps them as textures too, and the
+        // lm_head may run fused
+        let chunks_fit = limits.scratch_texels.is_some_and(|max_texels| {
+            chunk_sizes
+                .iter()
+                .all(|&n| crate::layers::linear::staged_weight_texels(n, max_texels).is_some())
+        });
+        let wte_textured = textured && chunks_fit;
         let wte_textures: u64 = if wte_textured {
             chunk_sizes.iter().map(|&n| texture_bytes(n, weights)).sum()
         } else {
@@ -1299,19 +1294,8 @@ impl MemoryEstimate {
             + nl as u64 * (vectors.iter().sum::<u64>() + matrices.iter().sum::<u64>())
             + 2 * b(c);
         // the lm_head and the loss fused (`fused_lm_head`)
-        let fused = limits.scratch_texels.is_some_and(|max_texels| {
-            rows <= LM_HEAD_STAGED_ROWS
-                && lm_head::fits(c, 0)
-                && chunk_sizes
-                    .iter()
-                    .all(|&n| crate::layers::linear::staged_weight_texels(n, max_texels).is_some())
-        });
-        let nb = lm_head::blocks(
-            &(0..v)
-                .step_by(chunk_rows)
-                .map(|r0| chunk_rows.min(v - r0))
-                .collect::<Vec<_>>(),
-        );
+        let fused = chunks_fit && rows <= LM_HEAD_STAGED_ROWS && lm_head::fits(c, 0);
+        let nb = lm_head::blocks(&chunk_lens);
         let partial = |floats: usize, with_backward: bool| {
             b(if fused && (backward || !with_backward) {
                 floats

@@ -173,84 +173,78 @@ fn check_linear(ctx: &GpuContext, linear: &Linear, format: WeightFormat) {
             &want_dx,
             REL_TOL,
         );
-        // W kept in a texture, as inference engines on CPU adapters keep it (any M).
-        if linear.has_texture_kernels() && weights_fit_textures(k, n, max_scratch_texels(ctx)) {
+        // W kept in a texture, as inference engines on CPU adapters keep it (any M), all rows;
+        // then a span of rows at their own positions (the last block at the loss rows) from either
+        // weight: the rows in it as above, every other output row untouched (zero in fresh buffers).
+        let texture = (linear.has_texture_kernels()
+            && weights_fit_textures(k, n, max_scratch_texels(ctx)))
+        .then(|| {
             let blocked = weight_bytes(&block_weights(&w, k, n), format);
-            let wt = ctx.upload_texels("w texture", &blocked, texel_format(format));
+            ctx.upload_texels("w texture", &blocked, texel_format(format))
+        });
+        let span = 1..m.saturating_sub(1);
+        let in_span = |want: &[f64], cols: usize| -> Vec<f64> {
+            (0..m * cols)
+                .map(|i| {
+                    if span.contains(&(i / cols)) {
+                        want[i]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        };
+        let (want_span, want_dx_span) = (in_span(&want, n), in_span(&want_dx, k));
+        let mut checks = Vec::new();
+        if let Some(wt) = &texture {
+            checks.push(("texture", Weight::Texture(wt), 0..m, &want, &want_dx));
+        }
+        if m >= 3 {
+            checks.push((
+                "buffer",
+                Weight::Buffer(&wb),
+                span.clone(),
+                &want_span,
+                &want_dx_span,
+            ));
+            if let Some(wt) = &texture {
+                checks.push((
+                    "texture",
+                    Weight::Texture(wt),
+                    span.clone(),
+                    &want_span,
+                    &want_dx_span,
+                ));
+            }
+        }
+        for (kind, weight, rows, want, want_dx) in checks {
+            let out = ctx.storage("out", 4 * (m * n) as u64);
+            let dx = ctx.storage("dx", 4 * (m * k) as u64);
             run(ctx, |p| {
                 linear.forward(
                     p,
                     &out,
                     &xb,
-                    Weight::Texture(&wt),
+                    weight,
                     Some(&bb),
                     Some(&rb),
-                    (m, k, n),
+                    (rows.clone(), k, n),
                 );
-                linear.backward_input(p, &dx, &doutb, Weight::Texture(&wt), (m, k, n));
+                linear.backward_input(p, &dx, &doutb, weight, (rows.clone(), k, n));
             });
-            let tag = format!("{tag} W in a texture");
+            let tag = format!("{tag} W in a {kind}, rows {rows:?}");
             assert_close(
                 &format!("linear forward M{m} K{k} N{n} ({tag})"),
                 &read(ctx, &out, m * n),
-                &want,
+                want,
                 REL_TOL,
             );
             assert_close(
                 &format!("linear backward_input M{m} K{k} N{n} ({tag})"),
                 &read(ctx, &dx, m * k),
-                &want_dx,
+                want_dx,
                 REL_TOL,
             );
-        }
-        // A span of rows at their own positions (the last block at the loss rows): the rows in it
-        // as above, every other row of the outputs untouched (zero in fresh buffers).
-        if m >= 3 {
-            let span = 1..m - 1;
-            let in_span = |want: &[f64], cols: usize| -> Vec<f64> {
-                (0..m * cols)
-                    .map(|i| {
-                        if span.contains(&(i / cols)) {
-                            want[i]
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect()
-            };
-            let (want_span, want_dx_span) = (in_span(&want, n), in_span(&want_dx, k));
-            let mut weights = vec![("buffer", Weight::Buffer(&wb))];
-            let texture = (linear.has_texture_kernels()
-                && weights_fit_textures(k, n, max_scratch_texels(ctx)))
-            .then(|| {
-                let blocked = weight_bytes(&block_weights(&w, k, n), format);
-                ctx.upload_texels("w texture", &blocked, texel_format(format))
-            });
-            if let Some(wt) = &texture {
-                weights.push(("texture", Weight::Texture(wt)));
-            }
-            for (kind, weight) in weights {
-                let out = ctx.storage("out span", 4 * (m * n) as u64);
-                let dx = ctx.storage("dx span", 4 * (m * k) as u64);
-                run(ctx, |p| {
-                    let rows = span.clone();
-                    linear.forward(p, &out, &xb, weight, Some(&bb), Some(&rb), (rows, k, n));
-                    linear.backward_input(p, &dx, &doutb, weight, (span.clone(), k, n));
-                });
-                let tag = format!("{tag} W in a {kind}, rows {span:?}");
-                assert_close(
-                    &format!("linear forward M{m} K{k} N{n} ({tag})"),
-                    &read(ctx, &out, m * n),
-                    &want_span,
-                    REL_TOL,
-                );
-                assert_close(
-                    &format!("linear backward_input M{m} K{k} N{n} ({tag})"),
-                    &read(ctx, &dx, m * k),
-                    &want_dx_span,
-                    REL_TOL,
-                );
-            }
         }
         if format != WeightFormat::F32 {
             continue;

@@ -169,26 +169,23 @@ impl LayerNorm {
             dout_rows: 0,
             _pad: [0; 2],
         };
+        // every binding but x, which the staged kernel reads from its texture
+        let common = [(2, w), (3, b), (4, out), (5, mean), (6, rstd)];
         if let Some((pipeline, grid, texels)) = self.staged_kernel(plan.ctx(), false, rows, c) {
             plan.stage(X_TEXTURE, x, 0, texels);
             plan.dispatch_with_textures(
                 "layernorm_forward",
                 pipeline,
                 &params,
-                &[(2, w), (3, b), (4, out), (5, mean), (6, rstd)],
+                &common,
                 &[(14, TextureBinding::Scratch(X_TEXTURE))],
                 grid,
             );
             return;
         }
         let (pipeline, grid) = self.kernel(false, rows, c);
-        plan.dispatch(
-            "layernorm_forward",
-            pipeline,
-            &params,
-            &[(1, x), (2, w), (3, b), (4, out), (5, mean), (6, rstd)],
-            grid,
-        );
+        let buffers = [[(1, x)].as_slice(), &common].concat();
+        plan.dispatch("layernorm_forward", pipeline, &params, &buffers, grid);
     }
 
     /// dx (rows, C) = dresidual + LN backward of dout. `dout` holds rows
@@ -217,6 +214,14 @@ impl LayerNorm {
         let staged = self
             .staged_kernel(plan.ctx(), true, rows, c)
             .filter(|_| !dout_rows.is_empty());
+        // every binding but x and dout, which the staged kernel reads from textures
+        let common = [
+            (2, saved.w),
+            (7, saved.mean),
+            (8, saved.rstd),
+            (10, dresidual),
+            (11, dx),
+        ];
         if let Some((pipeline, grid, texels)) = staged {
             plan.stage(X_TEXTURE, saved.x, 0, texels);
             plan.stage(DOUT_TEXTURE, dout, 0, (dout_rows.len() * c / 4) as u64);
@@ -224,13 +229,7 @@ impl LayerNorm {
                 "layernorm_backward",
                 pipeline,
                 &params,
-                &[
-                    (2, saved.w),
-                    (7, saved.mean),
-                    (8, saved.rstd),
-                    (10, dresidual),
-                    (11, dx),
-                ],
+                &common,
                 &[
                     (14, TextureBinding::Scratch(X_TEXTURE)),
                     (15, TextureBinding::Scratch(DOUT_TEXTURE)),
@@ -240,21 +239,8 @@ impl LayerNorm {
             return;
         }
         let (pipeline, grid) = self.kernel(true, rows, c);
-        plan.dispatch(
-            "layernorm_backward",
-            pipeline,
-            &params,
-            &[
-                (1, saved.x),
-                (2, saved.w),
-                (7, saved.mean),
-                (8, saved.rstd),
-                (9, dout),
-                (10, dresidual),
-                (11, dx),
-            ],
-            grid,
-        );
+        let buffers = [[(1, saved.x), (9, dout)].as_slice(), &common].concat();
+        plan.dispatch("layernorm_backward", pipeline, &params, &buffers, grid);
     }
 
     /// dw (C) = Σ_rows dout ⊙ x̂ and db (C) = Σ_rows dout, over the rows `dout` holds.
