@@ -12,9 +12,9 @@
 // the inner loop free of branches.
 
 struct Params {
-    m: u32, n: u32, k: u32, flags: u32,
-    lda: u32, ldb: u32, ldc: u32, _pad0: u32,
-    a_off: u32, b_off: u32, c_off: u32, _pad1: u32,
+    m: u32, n: u32, k: u32, _pad0: u32,
+    lda: u32, ldb: u32, ldc: u32, _pad1: u32,
+    a_off: u32, b_off: u32, c_off: u32, _pad2: u32,
 }
 
 const HAS_BIAS: u32 = 1u;      // C += bias[col]
@@ -22,6 +22,11 @@ const HAS_RESIDUAL: u32 = 2u;  // C += residual[same index as C]
 const ACCUMULATE: u32 = 4u;    // C += previous C (sums over vocabulary chunks)
 const GELU_FORWARD: u32 = 8u;  // also gelu_aux = gelu_new(C): c_fc's output and its activation
 const GELU_BACKWARD: u32 = 16u; // C ⊙= gelu_new'(gelu_aux): the gradient through the activation
+
+// The epilogue's flags above, set per pipeline (src/layers/linear.rs): a kernel is compiled
+// without the parts of the epilogue it does not apply. Flags read at run time cost every store a
+// per-lane loop for each skipped load on llvmpipe, which runs both sides of a branch (masked).
+override EPILOGUE: u32;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -32,26 +37,26 @@ const GELU_BACKWARD: u32 = 16u; // C ⊙= gelu_new'(gelu_aux): the gradient thro
 @group(0) @binding(8) var<storage, read_write> gelu_aux: array<f32>; // same layout as C
 
 // Writes C[row, col] = v + the epilogue (bias, residual, previous C; then gelu_new's forward or
-// backward, see the flags), when inside C.
+// backward, see EPILOGUE), when inside C.
 fn store(row: u32, col: u32, v: f32) {
     if (row >= p.m || col >= p.n) {
         return;
     }
     let idx = p.c_off + row * p.ldc + col;
     var out = v;
-    if ((p.flags & HAS_BIAS) != 0u) {
+    if ((EPILOGUE & HAS_BIAS) != 0u) {
         out += bias[col];
     }
-    if ((p.flags & HAS_RESIDUAL) != 0u) {
+    if ((EPILOGUE & HAS_RESIDUAL) != 0u) {
         out += residual[idx];
     }
-    if ((p.flags & ACCUMULATE) != 0u) {
+    if ((EPILOGUE & ACCUMULATE) != 0u) {
         out += c[idx];
     }
-    if ((p.flags & GELU_FORWARD) != 0u) {
+    if ((EPILOGUE & GELU_FORWARD) != 0u) {
         gelu_aux[idx] = gelu_new(out);
     }
-    if ((p.flags & GELU_BACKWARD) != 0u) {
+    if ((EPILOGUE & GELU_BACKWARD) != 0u) {
         out *= gelu_new_grad(gelu_aux[idx]);
     }
     c[idx] = out;

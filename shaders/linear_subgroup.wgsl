@@ -15,9 +15,9 @@
 // and store helpers here serve the texture kernels too.
 
 struct Params {
-    m: u32, n: u32, k: u32, flags: u32,
-    lda: u32, ldb: u32, ldc: u32, _pad0: u32,
-    a_off: u32, b_off: u32, c_off: u32, _pad1: u32,
+    m: u32, n: u32, k: u32, _pad0: u32,
+    lda: u32, ldb: u32, ldc: u32, _pad1: u32,
+    a_off: u32, b_off: u32, c_off: u32, _pad2: u32,
 }
 
 const HAS_BIAS: u32 = 1u;
@@ -25,6 +25,11 @@ const HAS_RESIDUAL: u32 = 2u;
 const ACCUMULATE: u32 = 4u;
 const GELU_FORWARD: u32 = 8u;   // also gelu_aux = gelu_new(C) (gelu_math.wgsl)
 const GELU_BACKWARD: u32 = 16u; // C ⊙= gelu_new'(gelu_aux)
+
+// The epilogue's flags above, set per pipeline (src/layers/linear.rs): a kernel is compiled
+// without the parts of the epilogue it does not apply. Flags read at run time cost every store a
+// per-lane loop for each skipped load on llvmpipe, which runs both sides of a branch (masked).
+override EPILOGUE: u32;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
@@ -40,19 +45,19 @@ fn store(row: u32, col: u32, acc: f32) {
     }
     let idx = p.c_off + row * p.ldc + col;
     var v = acc;
-    if ((p.flags & HAS_BIAS) != 0u) {
+    if ((EPILOGUE & HAS_BIAS) != 0u) {
         v += bias[col];
     }
-    if ((p.flags & HAS_RESIDUAL) != 0u) {
+    if ((EPILOGUE & HAS_RESIDUAL) != 0u) {
         v += residual[idx];
     }
-    if ((p.flags & ACCUMULATE) != 0u) {
+    if ((EPILOGUE & ACCUMULATE) != 0u) {
         v += c[idx];
     }
-    if ((p.flags & GELU_FORWARD) != 0u) {
+    if ((EPILOGUE & GELU_FORWARD) != 0u) {
         gelu_aux[idx] = gelu_new(v);
     }
-    if ((p.flags & GELU_BACKWARD) != 0u) {
+    if ((EPILOGUE & GELU_BACKWARD) != 0u) {
         v *= gelu_new_grad(gelu_aux[idx]);
     }
     c[idx] = v;

@@ -212,13 +212,29 @@ impl GpuContext {
     }
 
     pub fn pipeline(&self, module: &wgpu::ShaderModule, entry: &str) -> wgpu::ComputePipeline {
+        self.specialized_pipeline(module, entry, &[])
+    }
+
+    /// `pipeline` with the module's `override` constants set: the driver compiles the kernel
+    /// with them as constants, so the branches they decide cost nothing at run time (llvmpipe
+    /// runs both sides of a branch on a uniform value, masked, a per-lane loop for every
+    /// buffer access in the skipped side).
+    pub fn specialized_pipeline(
+        &self,
+        module: &wgpu::ShaderModule,
+        entry: &str,
+        constants: &[(&str, f64)],
+    ) -> wgpu::ComputePipeline {
         self.device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
                 layout: None,
                 module,
                 entry_point: Some(entry),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    ..Default::default()
+                },
                 cache: None,
             })
     }
