@@ -25,6 +25,8 @@ const HAS_RESIDUAL: u32 = 2u;
 const ACCUMULATE: u32 = 4u;
 const GELU_FORWARD: u32 = 8u;   // also gelu_aux = gelu_new(C) (gelu_math.wgsl)
 const GELU_BACKWARD: u32 = 16u; // C ⊙= gelu_new'(gelu_aux)
+const TEXTURE_OUT: u32 = 32u;   // linear_texture.wgsl's tiles: the result goes to out_tex, not to C
+                                // (with GELU_FORWARD: the activation, not to gelu_aux)
 
 // The epilogue's flags above, set per pipeline (src/layers/linear.rs): a kernel is compiled
 // without the parts of the epilogue it does not apply. Flags read at run time cost every store a

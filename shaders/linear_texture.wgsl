@@ -6,7 +6,8 @@
 // sampled-texture textureLoad (any format but rgba8) is an out-of-line call that spills every live
 // accumulator around it (measured on the same 16-row tile: buffers 4 GFLOP/s, sampled textures
 // 20–30, storage textures 40+; docs/BENCHMARKS.md). The engine copies each operand into a scratch
-// texture before the GEMM (src/layers/linear.rs). Weights in f16 travel as rgba16float texels,
+// texture before the GEMM (src/layers/linear.rs), unless the GEMM before wrote it there
+// (TEXTURE_OUT). Weights in f16 travel as rgba16float texels,
 // widened to f32 by the load: the engine compiles this source a second time with b_tex declared
 // rgba16float, so one kernel text serves both formats. Compiled appended to linear_subgroup.wgsl,
 // whose parameters and store helpers they use:
@@ -38,6 +39,52 @@ fn a_at(i: u32) -> vec4<f32> {
 
 fn b_at(i: u32) -> vec4<f32> {
     return textureLoad(b_tex, texel_at(i));
+}
+
+// With TEXTURE_OUT: the tile's (M, N) result, quad i (from C's first row, row-major) at
+// texel_at(i), the layout the next GEMM reads its A operand in (src/layers/linear.rs,
+// `Activation::Texture`): a GEMM's output passes to the next one without a buffer in between.
+@group(0) @binding(9) var out_tex: texture_storage_2d<rgba32float, write>;
+
+// Row `row` of the tile at the lane's quad of columns: store4, or with TEXTURE_OUT a texel.
+fn store4_tile(row: u32, col: u32, acc: vec4<f32>) {
+    if ((EPILOGUE & TEXTURE_OUT) != 0u) {
+        store4_texture(row, col, acc);
+    } else {
+        store4(row, col, acc);
+    }
+}
+
+// store4 with TEXTURE_OUT (N, ldc and C's offset are multiples of 4, so a quad is all inside C or
+// all outside): one texel store per lane, where llvmpipe stores into a buffer element by element
+// and lane by lane. No ACCUMULATE here.
+fn store4_texture(row: u32, col: u32, acc: vec4<f32>) {
+    if (row >= p.m || col >= p.n) {
+        return;
+    }
+    let idx = p.c_off + row * p.ldc + col;
+    var v = acc;
+    if ((EPILOGUE & HAS_BIAS) != 0u) {
+        v += vec4<f32>(bias[col], bias[col + 1u], bias[col + 2u], bias[col + 3u]);
+    }
+    if ((EPILOGUE & HAS_RESIDUAL) != 0u) {
+        v += vec4<f32>(residual[idx], residual[idx + 1u], residual[idx + 2u], residual[idx + 3u]);
+    }
+    let texel = texel_at((row * p.ldc + col) / 4u);
+    if ((EPILOGUE & GELU_FORWARD) != 0u) {
+        // the backward's gelu_new' reads C (c_fc's output) from its buffer
+        c[idx] = v.x;
+        c[idx + 1u] = v.y;
+        c[idx + 2u] = v.z;
+        c[idx + 3u] = v.w;
+        textureStore(out_tex, texel, vec4<f32>(gelu_new(v.x), gelu_new(v.y), gelu_new(v.z), gelu_new(v.w)));
+        return;
+    }
+    if ((EPILOGUE & GELU_BACKWARD) != 0u) {
+        let pre = vec4<f32>(gelu_aux[idx], gelu_aux[idx + 1u], gelu_aux[idx + 2u], gelu_aux[idx + 3u]);
+        v *= vec4<f32>(gelu_new_grad(pre.x), gelu_new_grad(pre.y), gelu_new_grad(pre.z), gelu_new_grad(pre.w));
+    }
+    textureStore(out_tex, texel, v);
 }
 
 // C = A·B (B staged row by row): lane l fetches B rows 4·k4 … 4·k4 + 3 at its 4 columns and A row row0 + 8g + l.
@@ -90,22 +137,22 @@ fn matmul_nn_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invoca
         { let x = subgroupBroadcast(q1, 6u); acc14 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
         { let x = subgroupBroadcast(q1, 7u); acc15 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
     }
-    store4(row0 + 0u, 4u * cv, acc0);
-    store4(row0 + 1u, 4u * cv, acc1);
-    store4(row0 + 2u, 4u * cv, acc2);
-    store4(row0 + 3u, 4u * cv, acc3);
-    store4(row0 + 4u, 4u * cv, acc4);
-    store4(row0 + 5u, 4u * cv, acc5);
-    store4(row0 + 6u, 4u * cv, acc6);
-    store4(row0 + 7u, 4u * cv, acc7);
-    store4(row0 + 8u, 4u * cv, acc8);
-    store4(row0 + 9u, 4u * cv, acc9);
-    store4(row0 + 10u, 4u * cv, acc10);
-    store4(row0 + 11u, 4u * cv, acc11);
-    store4(row0 + 12u, 4u * cv, acc12);
-    store4(row0 + 13u, 4u * cv, acc13);
-    store4(row0 + 14u, 4u * cv, acc14);
-    store4(row0 + 15u, 4u * cv, acc15);
+    store4_tile(row0 + 0u, 4u * cv, acc0);
+    store4_tile(row0 + 1u, 4u * cv, acc1);
+    store4_tile(row0 + 2u, 4u * cv, acc2);
+    store4_tile(row0 + 3u, 4u * cv, acc3);
+    store4_tile(row0 + 4u, 4u * cv, acc4);
+    store4_tile(row0 + 5u, 4u * cv, acc5);
+    store4_tile(row0 + 6u, 4u * cv, acc6);
+    store4_tile(row0 + 7u, 4u * cv, acc7);
+    store4_tile(row0 + 8u, 4u * cv, acc8);
+    store4_tile(row0 + 9u, 4u * cv, acc9);
+    store4_tile(row0 + 10u, 4u * cv, acc10);
+    store4_tile(row0 + 11u, 4u * cv, acc11);
+    store4_tile(row0 + 12u, 4u * cv, acc12);
+    store4_tile(row0 + 13u, 4u * cv, acc13);
+    store4_tile(row0 + 14u, 4u * cv, acc14);
+    store4_tile(row0 + 15u, 4u * cv, acc15);
 }
 
 // C = A·Bᵀ (B is N×K; B staged row by row): lane l fetches k-quads of the B rows of its 4 columns;
@@ -166,22 +213,22 @@ fn matmul_nt_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invoca
         { let x = subgroupBroadcast(q1, 6u); acc14 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
         { let x = subgroupBroadcast(q1, 7u); acc15 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
     }
-    store4(row0 + 0u, 4u * cv, acc0);
-    store4(row0 + 1u, 4u * cv, acc1);
-    store4(row0 + 2u, 4u * cv, acc2);
-    store4(row0 + 3u, 4u * cv, acc3);
-    store4(row0 + 4u, 4u * cv, acc4);
-    store4(row0 + 5u, 4u * cv, acc5);
-    store4(row0 + 6u, 4u * cv, acc6);
-    store4(row0 + 7u, 4u * cv, acc7);
-    store4(row0 + 8u, 4u * cv, acc8);
-    store4(row0 + 9u, 4u * cv, acc9);
-    store4(row0 + 10u, 4u * cv, acc10);
-    store4(row0 + 11u, 4u * cv, acc11);
-    store4(row0 + 12u, 4u * cv, acc12);
-    store4(row0 + 13u, 4u * cv, acc13);
-    store4(row0 + 14u, 4u * cv, acc14);
-    store4(row0 + 15u, 4u * cv, acc15);
+    store4_tile(row0 + 0u, 4u * cv, acc0);
+    store4_tile(row0 + 1u, 4u * cv, acc1);
+    store4_tile(row0 + 2u, 4u * cv, acc2);
+    store4_tile(row0 + 3u, 4u * cv, acc3);
+    store4_tile(row0 + 4u, 4u * cv, acc4);
+    store4_tile(row0 + 5u, 4u * cv, acc5);
+    store4_tile(row0 + 6u, 4u * cv, acc6);
+    store4_tile(row0 + 7u, 4u * cv, acc7);
+    store4_tile(row0 + 8u, 4u * cv, acc8);
+    store4_tile(row0 + 9u, 4u * cv, acc9);
+    store4_tile(row0 + 10u, 4u * cv, acc10);
+    store4_tile(row0 + 11u, 4u * cv, acc11);
+    store4_tile(row0 + 12u, 4u * cv, acc12);
+    store4_tile(row0 + 13u, 4u * cv, acc13);
+    store4_tile(row0 + 14u, 4u * cv, acc14);
+    store4_tile(row0 + 15u, 4u * cv, acc15);
 }
 
 // C = Aᵀ·B (A is K×M, B is K×N; K is the number of rows, any value): for each 4 k, lane l fetches
@@ -238,22 +285,22 @@ fn matmul_tn_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invoca
         { let x = vec4<f32>(subgroupBroadcast(q1.z, 4u), subgroupBroadcast(q1.z, 5u), subgroupBroadcast(q1.z, 6u), subgroupBroadcast(q1.z, 7u)); acc14 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
         { let x = vec4<f32>(subgroupBroadcast(q1.w, 4u), subgroupBroadcast(q1.w, 5u), subgroupBroadcast(q1.w, 6u), subgroupBroadcast(q1.w, 7u)); acc15 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
     }
-    store4(row0 + 0u, 4u * cv, acc0);
-    store4(row0 + 1u, 4u * cv, acc1);
-    store4(row0 + 2u, 4u * cv, acc2);
-    store4(row0 + 3u, 4u * cv, acc3);
-    store4(row0 + 4u, 4u * cv, acc4);
-    store4(row0 + 5u, 4u * cv, acc5);
-    store4(row0 + 6u, 4u * cv, acc6);
-    store4(row0 + 7u, 4u * cv, acc7);
-    store4(row0 + 8u, 4u * cv, acc8);
-    store4(row0 + 9u, 4u * cv, acc9);
-    store4(row0 + 10u, 4u * cv, acc10);
-    store4(row0 + 11u, 4u * cv, acc11);
-    store4(row0 + 12u, 4u * cv, acc12);
-    store4(row0 + 13u, 4u * cv, acc13);
-    store4(row0 + 14u, 4u * cv, acc14);
-    store4(row0 + 15u, 4u * cv, acc15);
+    store4_tile(row0 + 0u, 4u * cv, acc0);
+    store4_tile(row0 + 1u, 4u * cv, acc1);
+    store4_tile(row0 + 2u, 4u * cv, acc2);
+    store4_tile(row0 + 3u, 4u * cv, acc3);
+    store4_tile(row0 + 4u, 4u * cv, acc4);
+    store4_tile(row0 + 5u, 4u * cv, acc5);
+    store4_tile(row0 + 6u, 4u * cv, acc6);
+    store4_tile(row0 + 7u, 4u * cv, acc7);
+    store4_tile(row0 + 8u, 4u * cv, acc8);
+    store4_tile(row0 + 9u, 4u * cv, acc9);
+    store4_tile(row0 + 10u, 4u * cv, acc10);
+    store4_tile(row0 + 11u, 4u * cv, acc11);
+    store4_tile(row0 + 12u, 4u * cv, acc12);
+    store4_tile(row0 + 13u, 4u * cv, acc13);
+    store4_tile(row0 + 14u, 4u * cv, acc14);
+    store4_tile(row0 + 15u, 4u * cv, acc15);
 }
 
 // One row of C = A·Bᵀ per workgroup row (the lm_head at the loss rows: logits = x·wteᵀ): lane l
@@ -354,22 +401,22 @@ fn matmul_nn_texw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invoc
         { let x = subgroupBroadcast(q1, 6u); acc14 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
         { let x = subgroupBroadcast(q1, 7u); acc15 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
     }
-    store4(row0 + 0u, 4u * cv, acc0);
-    store4(row0 + 1u, 4u * cv, acc1);
-    store4(row0 + 2u, 4u * cv, acc2);
-    store4(row0 + 3u, 4u * cv, acc3);
-    store4(row0 + 4u, 4u * cv, acc4);
-    store4(row0 + 5u, 4u * cv, acc5);
-    store4(row0 + 6u, 4u * cv, acc6);
-    store4(row0 + 7u, 4u * cv, acc7);
-    store4(row0 + 8u, 4u * cv, acc8);
-    store4(row0 + 9u, 4u * cv, acc9);
-    store4(row0 + 10u, 4u * cv, acc10);
-    store4(row0 + 11u, 4u * cv, acc11);
-    store4(row0 + 12u, 4u * cv, acc12);
-    store4(row0 + 13u, 4u * cv, acc13);
-    store4(row0 + 14u, 4u * cv, acc14);
-    store4(row0 + 15u, 4u * cv, acc15);
+    store4_tile(row0 + 0u, 4u * cv, acc0);
+    store4_tile(row0 + 1u, 4u * cv, acc1);
+    store4_tile(row0 + 2u, 4u * cv, acc2);
+    store4_tile(row0 + 3u, 4u * cv, acc3);
+    store4_tile(row0 + 4u, 4u * cv, acc4);
+    store4_tile(row0 + 5u, 4u * cv, acc5);
+    store4_tile(row0 + 6u, 4u * cv, acc6);
+    store4_tile(row0 + 7u, 4u * cv, acc7);
+    store4_tile(row0 + 8u, 4u * cv, acc8);
+    store4_tile(row0 + 9u, 4u * cv, acc9);
+    store4_tile(row0 + 10u, 4u * cv, acc10);
+    store4_tile(row0 + 11u, 4u * cv, acc11);
+    store4_tile(row0 + 12u, 4u * cv, acc12);
+    store4_tile(row0 + 13u, 4u * cv, acc13);
+    store4_tile(row0 + 14u, 4u * cv, acc14);
+    store4_tile(row0 + 15u, 4u * cv, acc15);
 }
 
 // C = A·Bᵀ (B is N×K; B is a weight texture in 4×4 blocks: the 4 rows' k-quads are one block): lane l fetches k-quads of the B rows of its 4 columns;
@@ -428,20 +475,20 @@ fn matmul_nt_texw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invoc
         { let x = subgroupBroadcast(q1, 6u); acc14 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
         { let x = subgroupBroadcast(q1, 7u); acc15 += x.x * b0 + x.y * b1 + x.z * b2 + x.w * b3; }
     }
-    store4(row0 + 0u, 4u * cv, acc0);
-    store4(row0 + 1u, 4u * cv, acc1);
-    store4(row0 + 2u, 4u * cv, acc2);
-    store4(row0 + 3u, 4u * cv, acc3);
-    store4(row0 + 4u, 4u * cv, acc4);
-    store4(row0 + 5u, 4u * cv, acc5);
-    store4(row0 + 6u, 4u * cv, acc6);
-    store4(row0 + 7u, 4u * cv, acc7);
-    store4(row0 + 8u, 4u * cv, acc8);
-    store4(row0 + 9u, 4u * cv, acc9);
-    store4(row0 + 10u, 4u * cv, acc10);
-    store4(row0 + 11u, 4u * cv, acc11);
-    store4(row0 + 12u, 4u * cv, acc12);
-    store4(row0 + 13u, 4u * cv, acc13);
-    store4(row0 + 14u, 4u * cv, acc14);
-    store4(row0 + 15u, 4u * cv, acc15);
+    store4_tile(row0 + 0u, 4u * cv, acc0);
+    store4_tile(row0 + 1u, 4u * cv, acc1);
+    store4_tile(row0 + 2u, 4u * cv, acc2);
+    store4_tile(row0 + 3u, 4u * cv, acc3);
+    store4_tile(row0 + 4u, 4u * cv, acc4);
+    store4_tile(row0 + 5u, 4u * cv, acc5);
+    store4_tile(row0 + 6u, 4u * cv, acc6);
+    store4_tile(row0 + 7u, 4u * cv, acc7);
+    store4_tile(row0 + 8u, 4u * cv, acc8);
+    store4_tile(row0 + 9u, 4u * cv, acc9);
+    store4_tile(row0 + 10u, 4u * cv, acc10);
+    store4_tile(row0 + 11u, 4u * cv, acc11);
+    store4_tile(row0 + 12u, 4u * cv, acc12);
+    store4_tile(row0 + 13u, 4u * cv, acc13);
+    store4_tile(row0 + 14u, 4u * cv, acc14);
+    store4_tile(row0 + 15u, 4u * cv, acc15);
 }

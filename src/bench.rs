@@ -504,6 +504,8 @@ pub fn gemm_throughput(
                         residual: None,
                         accumulate: false,
                         gelu: None,
+                        a_texture: None,
+                        out_texture: None,
                     };
                     match &lm_head_texture {
                         Some(w) => linear.gemm_with_staged_b(

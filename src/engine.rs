@@ -21,11 +21,13 @@ use crate::layers::cross_entropy::{gpu_terms, CrossEntropy};
 use crate::layers::embedding::{token_index, Embedding, EmbeddingGrads, VocabChunk};
 use crate::layers::layernorm::{LayerNorm, LayerNormSaved};
 use crate::layers::linear::{
-    block_weights, texture_gemms_available, weights_fit_textures, Gemm, GemmOp, Linear, Operand,
-    Weight,
+    block_weights, chainable, texture_gemms_available, weights_fit_textures, Activation, Gemm,
+    GemmOp, Linear, Operand, Weight,
 };
 use crate::layers::lm_head::{self, LmHead, LmHeadBuffers, WteChunk};
-use crate::layers::{max_scratch_texels, Plan, PlanBuilder, TextureBinding, WeightFormat};
+use crate::layers::{
+    max_scratch_texels, Plan, PlanBuilder, ScratchTexture, TextureBinding, WeightFormat,
+};
 use crate::loss::{LossPlan, Sequence, TrainBatch};
 use crate::model::{f16_bits, GptConfig, Model, Tensor, Weights};
 use crate::pass::{Backend, ForwardOptions, PassOutput, PassTimings, Readback};
@@ -35,6 +37,14 @@ use crate::pass::{Backend, ForwardOptions, PassOutput, PassTimings, Readback};
 /// gradient needs dlogits, as one-row kernels (`Linear::gemm_with_staged_b`). More rows take the
 /// tile GEMMs.
 const LM_HEAD_STAGED_ROWS: usize = 8;
+
+/// The scratch texture the MLP's hidden activation (and in the backward its gradient) passes
+/// through from one GEMM to the next (`mlp_through_texture`). Slots in use: 0–1 the GEMMs'
+/// operands, 2… wte's chunks, 10–13 attention, 20–21 LayerNorm.
+const MLP_HIDDEN_TEXTURE: ScratchTexture = ScratchTexture {
+    slot: 30,
+    format: wgpu::TextureFormat::Rgba32Float,
+};
 
 /// Every kernel, compiled once per engine.
 pub struct Kernels {
@@ -508,6 +518,8 @@ struct Workspace {
     chunk_terms: wgpu::Buffer, // (R, chunks, C)
     /// The lm_head and the loss run fused (`lm_head.wgsl`).
     fused_lm_head: bool,
+    /// fc_act and d_fc_pre pass through `MLP_HIDDEN_TEXTURE` (their buffers are placeholders).
+    mlp_through_texture: bool,
     // backward
     dln_f_rows: wgpu::Buffer,   // (R, C)
     dhidden: Vec<wgpu::Buffer>, // L+1 × (N, C): dL/dhidden[l]
@@ -551,6 +563,34 @@ fn fused_lm_head(
         })
 }
 
+/// Whether a plan for `key` passes the MLP's hidden activation gelu(x·W_fc + b_fc) (N, F) from c_fc
+/// to the MLP's c_proj, and in the backward its gradient d_fc_pre from c_proj's backward to c_fc's,
+/// in a scratch texture (`Activation::Texture`) instead of fc_act's and d_fc_pre's buffers: the
+/// producer stores a texel per lane instead of element by element, and the consumer's staging copy
+/// goes away. On the texture kernels with the weights in textures, without weight gradients (which
+/// read both buffers).
+fn mlp_through_texture(
+    ctx: &GpuContext,
+    k: &Kernels,
+    w: &GpuWeights,
+    cfg: &GptConfig,
+    key: &PlanKey,
+) -> bool {
+    let (n, c, f) = (key.b * key.t, cfg.n_embd, cfg.n_inner);
+    let gemms = k.weight_gemms();
+    !key.weight_grads
+        && w.layers.iter().all(|lw| {
+            let (fc, proj) = (lw.fc_w.weight(), lw.fc_proj_w.weight());
+            let textured = matches!(fc, Weight::Texture(_)) && matches!(proj, Weight::Texture(_));
+            textured
+                && gemms.chains(ctx, fc, (n, c, f), false)
+                && gemms.chains(ctx, proj, (n, f, c), false)
+                && (!key.backward
+                    || gemms.chains(ctx, proj, (n, f, c), true)
+                        && gemms.chains(ctx, fc, (n, c, f), true))
+        })
+}
+
 impl Workspace {
     fn new(
         ctx: &GpuContext,
@@ -578,6 +618,7 @@ impl Workspace {
         let gather = matches!(key.rows, LossRows::Gather { .. });
         let top = key.top_rows().is_some();
         let fused = fused_lm_head(ctx, k, w, cfg, &key);
+        let mlp_tex = mlp_through_texture(ctx, k, w, cfg, &key);
         let chunk_rows: Vec<usize> = w.wte.iter().map(|chunk| chunk.rows).collect();
         let nb = lm_head::blocks(&chunk_rows);
         // the fused kernels' sums, when they run (and the backward's only with it)
@@ -619,7 +660,7 @@ impl Workspace {
             ln_1_out: slots("ln_1_out", n * c),
             z: slots("z", n * c),
             ln_2_out: slots("ln_2_out", n * c),
-            fc_act: slots("fc_act", n * f),
+            fc_act: slots("fc_act", if mlp_tex { 1 } else { n * f }),
             ln_f_out: buf("ln_f_out", n * c),
             ln_f_rows: buf("ln_f_rows", if gather { r * c } else { 1 }),
             logits: buf("logits", r * v),
@@ -629,13 +670,14 @@ impl Workspace {
             block_acc: buf("block_acc", partial(r * nb * c, true)),
             chunk_terms: buf("chunk_terms", partial(r * chunk_rows.len() * c, true)),
             fused_lm_head: fused,
+            mlp_through_texture: mlp_tex,
             dln_f_rows: buf("dln_f_rows", r * c),
             dhidden: if bwd {
                 (0..=nl).map(|_| buf("dhidden", n * c)).collect()
             } else {
                 Vec::new()
             },
-            d_fc_pre: buf("d_fc_pre", if bwd { n * f } else { 1 }),
+            d_fc_pre: buf("d_fc_pre", if bwd && !mlp_tex { n * f } else { 1 }),
             d_ln: buf("d_ln", if bwd { n * c } else { 1 }),
             dmid: buf("dmid", if bwd { n * c } else { 1 }),
             dz: buf("dz", if bwd { n * c } else { 1 }),
@@ -694,7 +736,12 @@ impl Workspace {
             let (h_in, h_out) = (&self.hidden[l], &self.hidden[l + 1]);
             let (ln1, ln2) = (&self.ln_1[l], &self.ln_2[l]);
             let (ln_1_out, z) = (self.ln_1_out.at(l), self.z.at(l));
-            let (ln_2_out, fc_act) = (self.ln_2_out.at(l), self.fc_act.at(l));
+            let ln_2_out = self.ln_2_out.at(l);
+            let fc_act = if self.mlp_through_texture {
+                Activation::Texture(MLP_HIDDEN_TEXTURE)
+            } else {
+                Activation::Buffer(self.fc_act.at(l))
+            };
             ln.forward(
                 p,
                 ln_1_out,
@@ -850,6 +897,8 @@ impl Workspace {
                         residual: None,
                         accumulate: false,
                         gelu: None,
+                        a_texture: None,
+                        out_texture: None,
                     },
                     staged.clone(),
                 );
@@ -888,6 +937,8 @@ impl Workspace {
                     residual: None,
                     accumulate: i > 0,
                     gelu: None,
+                    a_texture: None,
+                    out_texture: None,
                 },
                 staged.clone(),
             );
@@ -911,6 +962,8 @@ impl Workspace {
                         residual: None,
                         accumulate: false,
                         gelu: None,
+                        a_texture: None,
+                        out_texture: None,
                     },
                 );
             }
@@ -961,9 +1014,14 @@ impl Workspace {
             // MLP: h_out = mid + gelu(LN2(mid)·W_fc + b_fc)·W_proj + b_proj
             // d_fc_pre = (dh_out · W_projᵀ) ⊙ gelu'(fc_pre): the activation's backward in the
             // GEMM's epilogue
+            let d_fc_pre = if self.mlp_through_texture {
+                Activation::Texture(MLP_HIDDEN_TEXTURE)
+            } else {
+                Activation::Buffer(&self.d_fc_pre)
+            };
             k.weight_gemms().backward_input_gelu(
                 p,
-                &self.d_fc_pre,
+                d_fc_pre,
                 dh_out,
                 lw.fc_proj_w.weight(),
                 &self.fc_pre[l],
@@ -982,7 +1040,7 @@ impl Workspace {
             k.weight_gemms().backward_input(
                 p,
                 d_ln2,
-                &self.d_fc_pre,
+                d_fc_pre,
                 lw.fc_w.weight(),
                 (rows.clone(), c, f),
             );
@@ -1105,7 +1163,7 @@ fn scratch_texture_bytes(
     cfg: &GptConfig,
     (t, rows, backward): (usize, usize, bool),
     format: WeightFormat,
-    (textured_weights, wte_textured): (bool, bool),
+    (textured_weights, wte_textured, mlp_tex): (bool, bool, bool),
     chunk_rows: usize,
     max_texels: u64,
 ) -> u64 {
@@ -1120,8 +1178,13 @@ fn scratch_texture_bytes(
     if textured_weights || t >= 8 {
         for (k, n) in [(c, 3 * c), (c, c), (c, f), (f, c)] {
             let stage_b = !textured_weights;
-            gemms.push((GemmOp::NN, (t, n, k), (ld(k), 0), (ld(n), 0), stage_b));
-            if backward {
+            // the MLP's hidden activation and its gradient come from MLP_HIDDEN_TEXTURE
+            let hidden_in = mlp_tex && (k, n) == (f, c);
+            let hidden_grad_in = mlp_tex && (k, n) == (c, f);
+            if !hidden_in {
+                gemms.push((GemmOp::NN, (t, n, k), (ld(k), 0), (ld(n), 0), stage_b));
+            }
+            if backward && !hidden_grad_in {
                 // dx (t, k) = dy (t, n) · Wᵀ
                 gemms.push((GemmOp::NT, (t, k, n), (ld(n), 0), (ld(n), 0), stage_b));
             }
@@ -1187,7 +1250,13 @@ fn scratch_texture_bytes(
     // LayerNorm's staged reads: x, and for the backward dout (at most T rows)
     let layernorm = crate::layers::layernorm::staged_texels(t, c, max_texels)
         .map_or(0, |texels| slot(texels, 16) * (1 + u64::from(backward)));
+    let mlp_hidden = if mlp_tex {
+        slot((t * f / 4) as u64, 16)
+    } else {
+        0
+    };
     slot(a_max, 16)
+        + mlp_hidden
         + slot(b_max, weight_texel)
         + wte_slots * row_bytes(weight_texel)
         + attention
@@ -1283,6 +1352,15 @@ impl MemoryEstimate {
                 .all(|&n| crate::layers::linear::staged_weight_texels(n, max_texels).is_some())
         });
         let wte_textured = textured && chunks_fit;
+        // as `mlp_through_texture` decides for one prompt
+        let mlp_tex = textured
+            && limits.scratch_texels.is_some_and(|max_texels| {
+                let fits = |shape, backward| chainable(true, shape, backward, max_texels);
+                fits((t, c, f), false)
+                    && fits((t, f, c), false)
+                    && (!backward || fits((t, f, c), true) && fits((t, c, f), true))
+            });
+        let hidden = if mlp_tex { 1 } else { t * f };
         let wte_textures: u64 = if wte_textured {
             chunk_sizes.iter().map(|&n| texture_bytes(n, weights)).sum()
         } else {
@@ -1326,8 +1404,8 @@ impl MemoryEstimate {
             b(t * c),
             b(t * c),
             b(t * c),
-            b(t * f), // shared slots: ln_1_out, z, ln_2_out, fc_act
-            2 * b(t), // ln_f stats
+            b(hidden), // shared slots: ln_1_out, z, ln_2_out, fc_act
+            2 * b(t),  // ln_f stats
         ];
         sizes.extend(std::iter::repeat_n(b(t * c), nl + 1)); // hidden
         sizes.extend(std::iter::repeat_n(2 * b(t), 2 * nl)); // ln_1, ln_2 stats
@@ -1337,7 +1415,8 @@ impl MemoryEstimate {
         sizes.extend(std::iter::repeat_n(b(t * f), nl)); // fc_pre
         if backward {
             sizes.extend(std::iter::repeat_n(b(t * c), nl + 1)); // dhidden
-            sizes.extend([b(t * f), b(t * c), b(t * c), b(t * c), b(t * 3 * c)]);
+                                                                 // d_fc_pre, d_ln, dmid, dz, dqkv
+            sizes.extend([b(hidden), b(t * c), b(t * c), b(t * c), b(t * 3 * c)]);
             sizes.extend(std::iter::repeat_n(att, nl)); // ra
             sizes.extend([b(t * c), b(t * c)]); // d_ln_top, dz_top
         } else {
@@ -1355,7 +1434,7 @@ impl MemoryEstimate {
                 cfg,
                 (t, rows, backward),
                 weight_format,
-                (textured, wte_textured),
+                (textured, wte_textured, mlp_tex),
                 chunk_rows,
                 max_texels,
             )

@@ -12,11 +12,13 @@ use revattn::layers::embedding::{Embedding, VocabChunk};
 use revattn::layers::gelu::Gelu;
 use revattn::layers::layernorm::{LayerNorm, LayerNormSaved};
 use revattn::layers::linear::{
-    block_weights, texel_format, weights_fit_textures, Gemm, GemmKernels, GemmOp, Linear, Operand,
-    Weight,
+    block_weights, texel_format, weights_fit_textures, Activation, Gemm, GemmKernels, GemmOp,
+    Linear, Operand, Weight,
 };
 use revattn::layers::lm_head::{self, LmHead, LmHeadBuffers, WteChunk};
-use revattn::layers::{execute, max_scratch_texels, PlanBuilder, TextureBinding, WeightFormat};
+use revattn::layers::{
+    execute, max_scratch_texels, PlanBuilder, ScratchTexture, TextureBinding, WeightFormat,
+};
 use revattn::loss::{LossKind, Sequence};
 use revattn::model::f16_bits;
 use revattn::reference;
@@ -355,6 +357,112 @@ fn gelu_epilogues_match_reference() {
     }
 }
 
+/// An MLP whose hidden activation and its gradient pass between the GEMMs in a scratch texture
+/// (`Activation::Texture`, the texture tiles' TEXTURE_OUT): y = gelu(x·W1 + b1)·W2 + b2 + x and
+/// dx = ((dy·W2ᵀ) ⊙ gelu'(pre))·W1ᵀ, against the reference, with the weights in buffers and in
+/// textures, at all rows and at a span of them (the others left untouched).
+#[test]
+fn mlp_chained_through_a_texture_matches_reference() {
+    let ctx = gpu();
+    let linear = Linear::with_kernels(&ctx, GemmKernels::Texture, WeightFormat::F32);
+    if !linear.has_texture_kernels() {
+        println!("no texture kernels on this adapter: nothing to chain");
+        return;
+    }
+    const HIDDEN: ScratchTexture = ScratchTexture {
+        slot: 30,
+        format: wgpu::TextureFormat::Rgba32Float,
+    };
+    let hidden = Activation::Texture(HIDDEN);
+    let mut rng = Rng(31);
+    let mut checked = 0;
+    // (rows of the buffers, rows computed, C, F)
+    for (m_all, rows, k, f) in [
+        (1, 0..1, 8, 12),
+        (9, 0..9, 12, 20),
+        (21, 0..21, 36, 44),
+        (70, 0..70, 64, 132),
+        (30, 7..26, 16, 64),
+    ] {
+        let m = rows.len();
+        let x = rng.vec(m_all * k, 1.0);
+        let (w1, b1) = (rng.vec(k * f, 0.5), rng.vec(f, 0.3));
+        let (w2, b2) = (rng.vec(f * k, 0.5), rng.vec(k, 0.3));
+        let dy = rng.vec(m_all * k, 1.0);
+        let (xb, dyb) = (ctx.upload("x", &x), ctx.upload("dy", &dy));
+        let (w1b, b1b, w2b, b2b) = (
+            ctx.upload("w1", &w1),
+            ctx.upload("b1", &b1),
+            ctx.upload("w2", &w2),
+            ctx.upload("b2", &b2),
+        );
+        let texture = |w: &[f32], rows: usize, cols: usize| {
+            let blocked = block_weights(w, rows, cols);
+            let format = texel_format(WeightFormat::F32);
+            ctx.upload_texels("w", bytemuck::cast_slice(&blocked), format)
+        };
+        let (w1t, w2t) = (texture(&w1, k, f), texture(&w2, f, k));
+        // the reference at the computed rows
+        let at_rows = |v: &[f32], width: usize| to_f64(&v[rows.start * width..rows.end * width]);
+        let (xr, dyr) = (at_rows(&x, k), at_rows(&dy, k));
+        let mut pre = vec![0.0; m * f];
+        reference::linear_forward(&mut pre, &xr, &to_f64(&w1), Some(&to_f64(&b1)), m, k, f);
+        let mut act = vec![0.0; m * f];
+        reference::gelu_forward(&mut act, &pre);
+        let mut y = vec![0.0; m * k];
+        reference::linear_forward(&mut y, &act, &to_f64(&w2), Some(&to_f64(&b2)), m, f, k);
+        y.iter_mut().zip(&xr).for_each(|(y, x)| *y += x);
+        let mut dact = vec![0.0; m * f];
+        reference::linear_backward_input(&mut dact, &dyr, &to_f64(&w2), m, f, k);
+        let mut dpre = vec![0.0; m * f];
+        reference::gelu_backward(&mut dpre, &dact, &pre);
+        let mut dx = vec![0.0; m * k];
+        reference::linear_backward_input(&mut dx, &dpre, &to_f64(&w1), m, k, f);
+        for (where_, w1, w2) in [
+            ("buffers", Weight::Buffer(&w1b), Weight::Buffer(&w2b)),
+            ("textures", Weight::Texture(&w1t), Weight::Texture(&w2t)),
+        ] {
+            let chains = [
+                linear.chains(&ctx, w1, (m, k, f), false),
+                linear.chains(&ctx, w2, (m, f, k), false),
+                linear.chains(&ctx, w2, (m, f, k), true),
+                linear.chains(&ctx, w1, (m, k, f), true),
+            ];
+            if chains.contains(&false) {
+                // buffer weights: below 8 rows the one-row kernels take them
+                assert!(m < 8 && where_ == "buffers", "M{m} C{k} F{f}: {chains:?}");
+                continue;
+            }
+            let sentinel = vec![7.0f32; m_all * k];
+            let pre_b = ctx.storage("pre", 4 * (m_all * f) as u64);
+            let (y_b, dx_b) = (ctx.upload("y", &sentinel), ctx.upload("dx", &sentinel));
+            run(&ctx, |p| {
+                let span = || rows.clone();
+                linear.forward_gelu(p, &pre_b, hidden, &xb, w1, Some(&b1b), (span(), k, f));
+                linear.forward(p, &y_b, hidden, w2, Some(&b2b), Some(&xb), (span(), f, k));
+                linear.backward_input_gelu(p, hidden, &dyb, w2, &pre_b, (span(), f, k));
+                linear.backward_input(p, &dx_b, hidden, w1, (span(), k, f));
+            });
+            let tag = format!("rows {rows:?} of {m_all}, C{k} F{f}, W in {where_}");
+            let pre_got = read(&ctx, &pre_b, m_all * f);
+            let pre_got = &pre_got[rows.start * f..rows.end * f];
+            assert_close(&format!("chained pre {tag}"), pre_got, &pre, REL_TOL);
+            for (name, buf, want) in [("y", &y_b, &y), ("dx", &dx_b, &dx)] {
+                let got = read(&ctx, buf, m_all * k);
+                let outside = (0..m_all * k).filter(|i| !rows.contains(&(i / k)));
+                assert!(
+                    outside.into_iter().all(|i| got[i] == 7.0),
+                    "{name} {tag}: rows outside touched"
+                );
+                let got = &got[rows.start * k..rows.end * k];
+                assert_close(&format!("chained {name} {tag}"), got, want, REL_TOL);
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 9, "every case but one-row buffer weights chains");
+}
+
 /// The lm_head's use of the GEMMs: row offsets, leading dimensions, vocabulary chunks, accumulation.
 #[test]
 fn lm_head_gemms_over_vocab_chunks_match_reference() {
@@ -429,6 +537,8 @@ fn check_lm_head(
                     residual: None,
                     accumulate: false,
                     gelu: None,
+                    a_texture: None,
+                    out_texture: None,
                 },
                 staged.clone(),
             );
@@ -450,6 +560,8 @@ fn check_lm_head(
                     residual: None,
                     accumulate: i > 0,
                     gelu: None,
+                    a_texture: None,
+                    out_texture: None,
                 },
                 staged.clone(),
             );

@@ -39,6 +39,7 @@ const HAS_RESIDUAL: u32 = 2;
 const ACCUMULATE: u32 = 4;
 const GELU_FORWARD: u32 = 8;
 const GELU_BACKWARD: u32 = 16;
+const TEXTURE_OUT: u32 = 32;
 /// Each workgroup covers a 32×32 block of C (8×8 invocations × 4×4 outputs).
 const TILE: u32 = 32;
 
@@ -137,6 +138,27 @@ pub struct Gemm<'a> {
     pub residual: Option<&'a wgpu::Buffer>,
     pub accumulate: bool,
     pub gelu: Option<GeluEpilogue<'a>>,
+    /// Texture family only: A is already in this scratch texture (a GEMM before wrote it with
+    /// `out_texture`), laid out as if staged from `a`'s offset; `a`'s buffer is not read.
+    pub a_texture: Option<ScratchTexture>,
+    /// Texture family only: the result goes to this scratch texture instead of C's buffer (with
+    /// `GeluEpilogue::Forward`, the activation instead of `act`; C still gets the GEMM's output).
+    pub out_texture: Option<ScratchTexture>,
+}
+
+/// An activation between two GEMMs: in a buffer, or passed from one texture GEMM to the next in
+/// a scratch texture (`Linear::chains`), which saves the producer's per-element buffer stores and
+/// the consumer's staging copy.
+#[derive(Clone, Copy)]
+pub enum Activation<'a> {
+    Buffer(&'a wgpu::Buffer),
+    Texture(ScratchTexture),
+}
+
+impl<'a> From<&'a wgpu::Buffer> for Activation<'a> {
+    fn from(buffer: &'a wgpu::Buffer) -> Self {
+        Activation::Buffer(buffer)
+    }
 }
 
 /// Which GEMM kernel families a [`Linear`] may choose from; each GEMM takes the fastest family
@@ -187,6 +209,8 @@ pub struct Linear {
     /// texture GEMM) and read-write (gelu's tensor); one buffer cannot be both in a dispatch.
     unused: wgpu::Buffer,
     unused_rw: wgpu::Buffer,
+    /// The placeholder for the texture tiles' `out_tex` (binding 9) without TEXTURE_OUT.
+    unused_texture: Option<wgpu::TextureView>,
 }
 
 impl Linear {
@@ -236,6 +260,24 @@ impl Linear {
             b_format,
             unused: ctx.storage("unused", 16),
             unused_rw: ctx.storage("unused rw", 16),
+            unused_texture: (kernels == GemmKernels::Texture).then(|| {
+                ctx.device
+                    .create_texture(&wgpu::TextureDescriptor {
+                        label: Some("unused out_tex"),
+                        size: wgpu::Extent3d {
+                            width: 1,
+                            height: 1,
+                            depth_or_array_layers: 1,
+                        },
+                        mip_level_count: 1,
+                        sample_count: 1,
+                        dimension: wgpu::TextureDimension::D2,
+                        format: wgpu::TextureFormat::Rgba32Float,
+                        usage: wgpu::TextureUsages::STORAGE_BINDING,
+                        view_formats: &[],
+                    })
+                    .create_view(&Default::default())
+            }),
         }
     }
 
@@ -264,72 +306,88 @@ impl Linear {
     }
 
     /// out (M, N) = x (M, K) · w (K, N) + b (N) [+ residual (M, N)], at `shape`'s rows (M, or
-    /// a span of them: [`Rows`]).
+    /// a span of them: [`Rows`]); x in a buffer or, chained, in a texture ([`Activation`]).
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(
-        &self,
+    pub fn forward<'g>(
+        &'g self,
         plan: &mut PlanBuilder,
-        out: &wgpu::Buffer,
-        x: &wgpu::Buffer,
-        w: Weight,
-        b: Option<&wgpu::Buffer>,
-        residual: Option<&wgpu::Buffer>,
+        out: &'g wgpu::Buffer,
+        x: impl Into<Activation<'g>>,
+        w: Weight<'g>,
+        b: Option<&'g wgpu::Buffer>,
+        residual: Option<&'g wgpu::Buffer>,
         shape: (impl Into<Rows>, usize, usize),
     ) {
-        self.forward_with(plan, out, x, w, (b, residual, None), shape);
+        self.forward_with(plan, (out, None), x.into(), w, (b, residual, None), shape);
     }
 
     /// pre (M, N) = x (M, K) · w (K, N) + b (N) and act (M, N) = gelu_new(pre) in the same
-    /// pass (c_fc and GPT-2's MLP activation).
+    /// pass (c_fc and GPT-2's MLP activation); act to a buffer or, chained, a texture.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_gelu(
-        &self,
+    pub fn forward_gelu<'g>(
+        &'g self,
         plan: &mut PlanBuilder,
-        pre: &wgpu::Buffer,
-        act: &wgpu::Buffer,
-        x: &wgpu::Buffer,
-        w: Weight,
-        b: Option<&wgpu::Buffer>,
+        pre: &'g wgpu::Buffer,
+        act: impl Into<Activation<'g>>,
+        x: &'g wgpu::Buffer,
+        w: Weight<'g>,
+        b: Option<&'g wgpu::Buffer>,
         shape: (impl Into<Rows>, usize, usize),
     ) {
+        // pre always goes to its buffer (the backward reads it); act to its buffer or texture
+        let (act, act_texture) = match act.into() {
+            Activation::Buffer(act) => (act, None),
+            Activation::Texture(t) => (&self.unused_rw, Some(t)),
+        };
         let gelu = Some(GeluEpilogue::Forward { act });
-        self.forward_with(plan, pre, x, w, (b, None, gelu), shape);
+        self.forward_with(
+            plan,
+            (pre, act_texture),
+            x.into(),
+            w,
+            (b, None, gelu),
+            shape,
+        );
     }
 
-    /// dx (M, K) = dout (M, N) · wᵀ, differentiating out = x·w in x (at `shape`'s rows).
-    pub fn backward_input(
-        &self,
+    /// dx (M, K) = dout (M, N) · wᵀ, differentiating out = x·w in x (at `shape`'s rows); dout
+    /// in a buffer or, chained, a texture.
+    pub fn backward_input<'g>(
+        &'g self,
         plan: &mut PlanBuilder,
-        dx: &wgpu::Buffer,
-        dout: &wgpu::Buffer,
-        w: Weight,
+        dx: &'g wgpu::Buffer,
+        dout: impl Into<Activation<'g>>,
+        w: Weight<'g>,
         shape: (impl Into<Rows>, usize, usize),
     ) {
-        self.backward_input_with(plan, dx, dout, w, None, shape);
+        let dx = Activation::Buffer(dx);
+        self.backward_input_with(plan, dx, dout.into(), w, None, shape);
     }
 
     /// dpre (M, K) = (dact (M, N) · wᵀ) ⊙ gelu_new'(pre), differentiating act = gelu_new(pre)
-    /// and, before it, out = act·w in act (the MLP's c_proj backward and the activation's).
-    pub fn backward_input_gelu(
-        &self,
+    /// and, before it, out = act·w in act (the MLP's c_proj backward and the activation's); dpre
+    /// to a buffer or, chained, a texture.
+    pub fn backward_input_gelu<'g>(
+        &'g self,
         plan: &mut PlanBuilder,
-        dpre: &wgpu::Buffer,
-        dout: &wgpu::Buffer,
-        w: Weight,
-        pre: &wgpu::Buffer,
+        dpre: impl Into<Activation<'g>>,
+        dout: &'g wgpu::Buffer,
+        w: Weight<'g>,
+        pre: &'g wgpu::Buffer,
         shape: (impl Into<Rows>, usize, usize),
     ) {
         let gelu = Some(GeluEpilogue::Backward { pre });
-        self.backward_input_with(plan, dpre, dout, w, gelu, shape);
+        self.backward_input_with(plan, dpre.into(), dout.into(), w, gelu, shape);
     }
 
-    /// out = x·w + bias [+ residual], then `gelu`'s epilogue.
+    /// out = x·w + bias [+ residual], then `gelu`'s epilogue; the result in `out`'s buffer, or
+    /// in its texture where it names one (`Gemm::out_texture`).
     #[allow(clippy::type_complexity)]
     fn forward_with<'g>(
         &'g self,
         plan: &mut PlanBuilder,
-        out: &'g wgpu::Buffer,
-        x: &'g wgpu::Buffer,
+        (out, out_texture): (&'g wgpu::Buffer, Option<ScratchTexture>),
+        x: Activation<'g>,
         w: Weight<'g>,
         (bias, residual, gelu): (
             Option<&'g wgpu::Buffer>,
@@ -339,6 +397,7 @@ impl Linear {
         (rows, k, n): (impl Into<Rows>, usize, usize),
     ) {
         let Rows(rows) = rows.into();
+        let (x, a_texture) = self.input(x);
         self.weight_gemm(plan, "linear_forward", w, |w| Gemm {
             m: rows.len(),
             n,
@@ -351,6 +410,8 @@ impl Linear {
             residual,
             accumulate: false,
             gelu,
+            a_texture,
+            out_texture,
         });
     }
 
@@ -358,13 +419,18 @@ impl Linear {
     fn backward_input_with<'g>(
         &'g self,
         plan: &mut PlanBuilder,
-        dx: &'g wgpu::Buffer,
-        dout: &'g wgpu::Buffer,
+        dx: Activation<'g>,
+        dout: Activation<'g>,
         w: Weight<'g>,
         gelu: Option<GeluEpilogue<'g>>,
         (rows, k, n): (impl Into<Rows>, usize, usize),
     ) {
         let Rows(rows) = rows.into();
+        let (dout, a_texture) = self.input(dout);
+        let (dx, out_texture) = match dx {
+            Activation::Buffer(dx) => (dx, None),
+            Activation::Texture(t) => (&self.unused_rw, Some(t)),
+        };
         self.weight_gemm(plan, "linear_backward_input", w, |w| Gemm {
             m: rows.len(),
             n: k,
@@ -377,7 +443,30 @@ impl Linear {
             residual: None,
             accumulate: false,
             gelu,
+            a_texture,
+            out_texture,
         });
+    }
+
+    /// An input activation as A's buffer (a placeholder when it is in a texture) and texture.
+    fn input<'g>(&'g self, x: Activation<'g>) -> (&'g wgpu::Buffer, Option<ScratchTexture>) {
+        match x {
+            Activation::Buffer(x) => (x, None),
+            Activation::Texture(t) => (&self.unused, Some(t)),
+        }
+    }
+
+    /// Whether a weight GEMM of (M, K, N) with B = `w` takes the texture tiles (`chainable`).
+    pub fn chains(
+        &self,
+        ctx: &GpuContext,
+        w: Weight,
+        shape: (usize, usize, usize),
+        backward: bool,
+    ) -> bool {
+        let resident_b = matches!(w, Weight::Texture(_));
+        self.has_texture_kernels()
+            && chainable(resident_b, shape, backward, max_scratch_texels(ctx))
     }
 
     /// The GEMM `gemm_for(B's buffer)` with B = `w`. A texture `w` is read in place by the
@@ -430,6 +519,8 @@ impl Linear {
                 residual: None,
                 accumulate: false,
                 gelu: None,
+                a_texture: None,
+                out_texture: None,
             },
         );
         self.column_sum(
@@ -506,6 +597,10 @@ impl Linear {
         if self.texture_gemm(plan, label, g, &params, None) {
             return;
         }
+        assert!(
+            g.a_texture.is_none() && g.out_texture.is_none(),
+            "{label}: a GEMM chained through textures needs the texture kernels (Linear::chains)"
+        );
         let (family, entry, grid) = match g.op {
             _ if self.kernels == GemmKernels::Portable => (
                 Family::Portable,
@@ -586,7 +681,22 @@ impl Linear {
         ) else {
             return false;
         };
-        plan.stage(A_TEXTURE, g.a.buffer, 4 * u64::from(g.a.offset), a_texels);
+        // A chained from the GEMM before is already in its texture
+        let a_texture = g.a_texture.unwrap_or(A_TEXTURE);
+        if g.a_texture.is_none() {
+            plan.stage(A_TEXTURE, g.a.buffer, 4 * u64::from(g.a.offset), a_texels);
+        }
+        let out_texture = match g.out_texture {
+            Some(out) => {
+                assert!(
+                    g.n % 4 == 0 && g.c.ld % 4 == 0 && !g.accumulate,
+                    "{label}: C as texels"
+                );
+                plan.reserve(out, (g.m * g.n / 4) as u64);
+                TextureBinding::Scratch(out)
+            }
+            None => TextureBinding::View(self.unused_texture.clone().expect("texture family")),
+        };
         let (entry, b_texture) = match resident_b {
             // the blocked-weight variants of nn and nt
             Some(view) if entry < 2 => (entry + 5, TextureBinding::View(view.clone())),
@@ -617,7 +727,11 @@ impl Linear {
             &pipeline,
             params,
             &self.epilogue_bindings(g),
-            &[(6, TextureBinding::Scratch(A_TEXTURE)), (7, b_texture)],
+            &[
+                (6, TextureBinding::Scratch(a_texture)),
+                (7, b_texture),
+                (9, out_texture),
+            ],
             // row tiles first: each strip of B is read from memory once (linear_texture.wgsl)
             [(g.m as u32).div_ceil(16), (g.n as u32).div_ceil(32), 1],
         );
@@ -731,6 +845,7 @@ fn epilogue(g: &Gemm) -> u32 {
     flag(g.bias.is_some(), HAS_BIAS)
         | flag(g.residual.is_some(), HAS_RESIDUAL)
         | flag(g.accumulate, ACCUMULATE)
+        | flag(g.out_texture.is_some(), TEXTURE_OUT)
         | match g.gelu {
             None => 0,
             Some(GeluEpilogue::Forward { .. }) => GELU_FORWARD,
@@ -881,6 +996,28 @@ pub fn texture_spans(
         b_span / 4,
         entry,
     ))
+}
+
+/// Whether a weight GEMM of (M, K, N) (forward x·w, or with `backward` dy·wᵀ), its operands
+/// from offset 0, with B a weight texture (`resident_b`) or staged, takes the texture tiles where
+/// the adapter has them, so that its input or output can be an `Activation::Texture`.
+pub fn chainable(
+    resident_b: bool,
+    (m, k, n): (usize, usize, usize),
+    backward: bool,
+    max_texels: u64,
+) -> bool {
+    // the GEMM as `Linear::forward_with` / `backward_input_with` set it up: (op, (M, N, K), lda, ldb)
+    let (op, shape, lda, ldb) = if backward {
+        (GemmOp::NT, (m, k, n), n, n)
+    } else {
+        (GemmOp::NN, (m, n, k), k, n)
+    };
+    // With B staged, fewer than 8 rows take the one-row buffer kernels (`texture_gemm`); a
+    // texture output needs whole quads of C.
+    (resident_b || m >= 8)
+        && shape.1 % 4 == 0
+        && texture_spans(op, shape, (lda as u32, 0), (ldb as u32, 0), max_texels).is_some()
 }
 
 /// Texels `Linear::stage_weights` copies for a matrix of `elements` weights, if it can.

@@ -266,6 +266,8 @@ pub struct PlanBuilder<'a> {
     ctx: &'a GpuContext,
     params: Vec<u8>,
     pending: Vec<PendingStep>,
+    /// Scratch textures a dispatch writes (`reserve`), with the texels it needs.
+    written: Vec<(ScratchTexture, u64)>,
 }
 
 /// A recorded-once sequence of steps, the uniform buffer their parameters live in and the scratch
@@ -325,6 +327,7 @@ impl<'a> PlanBuilder<'a> {
             ctx,
             params: Vec::new(),
             pending: Vec::new(),
+            written: Vec::new(),
         }
     }
 
@@ -394,6 +397,13 @@ impl<'a> PlanBuilder<'a> {
         });
     }
 
+    /// Makes `target` hold at least `texels` texels: a dispatch writes it (bound as a write-only
+    /// storage texture) rather than a staging.
+    pub fn reserve(&mut self, target: ScratchTexture, texels: u64) {
+        debug_assert!(texels <= max_scratch_texels(self.ctx));
+        self.written.push((target, texels));
+    }
+
     pub fn finish(self) -> Plan {
         let ctx = self.ctx;
         let params = ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -403,15 +413,17 @@ impl<'a> PlanBuilder<'a> {
             mapped_at_creation: false,
         });
         ctx.queue.write_buffer(&params, 0, &self.params);
-        // Each scratch texture holds the largest operand staged into it.
+        // Each scratch texture holds the largest operand staged into it or written to it.
         let mut rows: Vec<(ScratchTexture, u64)> = Vec::new();
-        for step in &self.pending {
-            if let PendingStep::Stage { texels, target, .. } = step {
-                let need = texels.div_ceil(TEXTURE_ROW_TEXELS).max(1);
-                match rows.iter_mut().find(|(t, _)| t == target) {
-                    Some((_, r)) => *r = (*r).max(need),
-                    None => rows.push((*target, need)),
-                }
+        let staged = self.pending.iter().filter_map(|step| match step {
+            PendingStep::Stage { texels, target, .. } => Some((target, texels)),
+            PendingStep::Dispatch(_) => None,
+        });
+        for (target, texels) in staged.chain(self.written.iter().map(|(t, n)| (t, n))) {
+            let need = texels.div_ceil(TEXTURE_ROW_TEXELS).max(1);
+            match rows.iter_mut().find(|(t, _)| t == target) {
+                Some((_, r)) => *r = (*r).max(need),
+                None => rows.push((*target, need)),
             }
         }
         let textures: Vec<(ScratchTexture, wgpu::Texture)> = rows
@@ -443,7 +455,7 @@ impl<'a> PlanBuilder<'a> {
             textures
                 .iter()
                 .position(|(t, _)| t == s)
-                .expect("a scratch texture is staged before it is bound")
+                .expect("a scratch texture is staged or reserved before it is bound")
         };
         let steps = self
             .pending
