@@ -285,9 +285,12 @@ impl Bytes {
 
 /// `data` rounded to IEEE binary16 (nearest even), as bits: how `--weights f16` stores a matrix.
 pub fn f16_bits(data: &[f32]) -> Vec<u16> {
-    data.iter()
-        .map(|&x| half::f16::from_f32(x).to_bits())
-        .collect()
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    // the slice conversion runs several values per instruction where the CPU has F16C
+    let mut bits = vec![0u16; data.len()];
+    bits.reinterpret_cast_mut::<half::f16>()
+        .convert_from_f32_slice(data);
+    bits
 }
 
 impl Weights {
@@ -650,6 +653,17 @@ mod tests {
         // 1 + 2^-11 lies halfway between 1 and 1 + 2^-10: ties go to the even mantissa.
         assert_eq!(f16_bits(&[1.0 + 1.0 / 2048.0]), [0x3c00]);
         assert_eq!(f16_bits(&[1e6]), [0x7c00]); // overflow → +inf
+                                                // the slice conversion (vectorized, with a scalar tail) agrees with the scalar one on
+                                                // every value, subnormals and ties included, at a length that is no multiple of 8
+        let values: Vec<f32> = (0..1003)
+            .map(|i| (i as f32 - 501.0) * 7.3e-3 * (1.0 + (i % 7) as f32 * 1e-3))
+            .chain([6.0e-8, -3.0e-5, 65504.0, 65520.0, 0.0, -0.0])
+            .collect();
+        let scalar: Vec<u16> = values
+            .iter()
+            .map(|&x| half::f16::from_f32(x).to_bits())
+            .collect();
+        assert_eq!(f16_bits(&values), scalar);
     }
 
     #[test]
