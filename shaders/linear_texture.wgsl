@@ -20,8 +20,9 @@
 //   matmul_nt_row_tex, matmul_nn_row_tex   a few rows of C with B staged (the lm_head at the loss
 //                   rows, B = a wte chunk staged once per pass); A stays in its buffer
 // Texture layout: an operand's vec4 number i (in its buffer's order, from the operand's offset)
-// is texel texel_at(i) (texel_layout.wgsl, compiled in front); p.a_off and p.b_off are not used. A workgroup is one subgroup of
-// 8 lanes and computes a 16-row × 32-column tile of C; lane l owns vec4 column l. For each 4 k the
+// is texel texel_at(i) (texel_layout.wgsl, compiled in front); the tiles do not use p.a_off and
+// p.b_off (the row kernels read A from its buffer at p.a_off). A workgroup is one subgroup of 8
+// lanes and computes a 16-row × 32-column tile of C; lane l owns vec4 column l. For each 4 k the
 // lanes fetch the tile's A values once and subgroupBroadcast hands them to every lane, and each
 // lane fetches its 4 B quads, so 6 fetches feed 64 vec4 FMAs. Bigger tiles were no faster: the
 // accumulators spill either way. The grid is (row tiles, column tiles) of the 16 × 32 tiles:

@@ -577,18 +577,23 @@ fn mlp_through_texture(
     key: &PlanKey,
 ) -> bool {
     let (n, c, f) = (key.b * key.t, cfg.n_embd, cfg.n_inner);
-    let gemms = k.weight_gemms();
+    let textured = |m: &Matrix| matches!(m, Matrix::Texture { .. });
     !key.weight_grads
-        && w.layers.iter().all(|lw| {
-            let (fc, proj) = (lw.fc_w.weight(), lw.fc_proj_w.weight());
-            let textured = matches!(fc, Weight::Texture(_)) && matches!(proj, Weight::Texture(_));
-            textured
-                && gemms.chains(ctx, fc, (n, c, f), false)
-                && gemms.chains(ctx, proj, (n, f, c), false)
-                && (!key.backward
-                    || gemms.chains(ctx, proj, (n, f, c), true)
-                        && gemms.chains(ctx, fc, (n, c, f), true))
-        })
+        && k.weight_gemms().has_texture_kernels()
+        && w.layers
+            .iter()
+            .all(|lw| textured(&lw.fc_w) && textured(&lw.fc_proj_w))
+        && mlp_chainable((n, c, f), key.backward, max_scratch_texels(ctx))
+}
+
+/// Whether an MLP of M rows (C → F → C) with its weights in textures can pass its hidden
+/// activation, and with `backward` its gradient, through a texture: c_fc and the MLP's c_proj
+/// take the texture tiles both ways (`chainable`). The engine and the memory estimate ask this.
+fn mlp_chainable((m, c, f): (usize, usize, usize), backward: bool, max_texels: u64) -> bool {
+    let fits = |shape, backward| chainable(true, shape, backward, max_texels);
+    fits((m, c, f), false)
+        && fits((m, f, c), false)
+        && (!backward || fits((m, f, c), true) && fits((m, c, f), true))
 }
 
 impl Workspace {
@@ -1171,23 +1176,28 @@ fn scratch_texture_bytes(
     use crate::layers::TEXTURE_ROW_TEXELS;
     let (c, f, v) = (cfg.n_embd, cfg.n_inner, cfg.vocab_size);
     let ld = |x: usize| x as u32;
-    // (op, (M, N, K), (lda, a_off), (ldb, b_off), B staged) of every GEMM that may stage
-    let mut gemms = vec![];
+    // The rows of a block's attention projection and MLP: the last block runs them at the loss
+    // rows only (`PlanKey::top_rows`), so a one-block model runs them at those alone.
+    let block_rows = if cfg.n_layer == 1 { rows } else { t };
+    // (op, (M, N, K), (lda, a_off), (ldb, b_off), B staged) of every GEMM that may stage.
     // Weights in textures: the GEMMs stage A only, at any number of rows; weights in buffers:
     // both operands, from 8 rows on.
-    if textured_weights || t >= 8 {
-        for (k, n) in [(c, 3 * c), (c, c), (c, f), (f, c)] {
-            let stage_b = !textured_weights;
-            // the MLP's hidden activation and its gradient come from MLP_HIDDEN_TEXTURE
-            let hidden_in = mlp_tex && (k, n) == (f, c);
-            let hidden_grad_in = mlp_tex && (k, n) == (c, f);
-            if !hidden_in {
-                gemms.push((GemmOp::NN, (t, n, k), (ld(k), 0), (ld(n), 0), stage_b));
-            }
-            if backward && !hidden_grad_in {
-                // dx (t, k) = dy (t, n) · Wᵀ
-                gemms.push((GemmOp::NT, (t, k, n), (ld(n), 0), (ld(n), 0), stage_b));
-            }
+    let mut gemms = vec![];
+    let stage_b = !textured_weights;
+    let [c_attn, c_proj, c_fc, mlp_proj] = [(c, 3 * c), (c, c), (c, f), (f, c)];
+    for (k, n) in [c_attn, c_proj, c_fc, mlp_proj] {
+        let m = if (k, n) == c_attn { t } else { block_rows };
+        if stage_b && m < 8 {
+            continue;
+        }
+        // the MLP's hidden activation (its c_proj's input) and its gradient (c_fc's backward's
+        // input) come from MLP_HIDDEN_TEXTURE
+        if !(mlp_tex && (k, n) == mlp_proj) {
+            gemms.push((GemmOp::NN, (m, n, k), (ld(k), 0), (ld(n), 0), stage_b));
+        }
+        if backward && !(mlp_tex && (k, n) == c_fc) {
+            // dx (m, k) = dy (m, n) · Wᵀ
+            gemms.push((GemmOp::NT, (m, k, n), (ld(n), 0), (ld(n), 0), stage_b));
         }
     }
     let chunks: Vec<usize> = (0..v)
@@ -1238,12 +1248,10 @@ fn scratch_texture_bytes(
     let (qkv, map) = crate::layers::attention::staged_texels(shape);
     let attention = if hs % 4 == 0 && hs <= 64 && c % 4 == 0 && qkv.max(map) <= max_texels {
         let forward = slot(qkv, 16) + slot(map, 16);
-        forward
-            + if backward {
-                slot(qkv / 3, 16) + slot(map, 16)
-            } else {
-                0
-            }
+        // G for the scores; R for dQ, dK and dV, which an RA pass needs below the top block
+        // only (it stops at layer 0's R)
+        let ra = if cfg.n_layer > 1 { slot(map, 16) } else { 0 };
+        forward + if backward { slot(qkv / 3, 16) + ra } else { 0 }
     } else {
         0
     };
@@ -1251,7 +1259,7 @@ fn scratch_texture_bytes(
     let layernorm = crate::layers::layernorm::staged_texels(t, c, max_texels)
         .map_or(0, |texels| slot(texels, 16) * (1 + u64::from(backward)));
     let mlp_hidden = if mlp_tex {
-        slot((t * f / 4) as u64, 16)
+        slot((block_rows * f / 4) as u64, 16)
     } else {
         0
     };
@@ -1293,8 +1301,8 @@ impl AdapterLimits {
 }
 
 impl MemoryEstimate {
-    /// One sequence of `t` tokens whose loss reads `rows` rows, with or without the backward.
-    /// Exact, except that ≥ 8 loss rows are counted as if their lm_head GEMMs staged operands
+    /// One sequence of `t` tokens whose loss reads `rows` rows, with or without the backward
+    /// (which stops at layer 0's R, as `maps` runs it). Exact, except that ≥ 8 loss rows are counted as if their lm_head GEMMs staged operands
     /// into textures, which rows starting at an unaligned position do not.
     pub fn for_sequence(
         cfg: &GptConfig,
@@ -1354,12 +1362,9 @@ impl MemoryEstimate {
         let wte_textured = textured && chunks_fit;
         // as `mlp_through_texture` decides for one prompt
         let mlp_tex = textured
-            && limits.scratch_texels.is_some_and(|max_texels| {
-                let fits = |shape, backward| chainable(true, shape, backward, max_texels);
-                fits((t, c, f), false)
-                    && fits((t, f, c), false)
-                    && (!backward || fits((t, f, c), true) && fits((t, c, f), true))
-            });
+            && limits
+                .scratch_texels
+                .is_some_and(|max_texels| mlp_chainable((t, c, f), backward, max_texels));
         let hidden = if mlp_tex { 1 } else { t * f };
         let wte_textures: u64 = if wte_textured {
             chunk_sizes.iter().map(|&n| texture_bytes(n, weights)).sum()

@@ -215,10 +215,10 @@ impl GpuContext {
         self.specialized_pipeline(module, entry, &[])
     }
 
-    /// `pipeline` with the module's `override` constants set: the driver compiles the kernel
-    /// with them as constants, so the branches they decide cost nothing at run time (llvmpipe
-    /// runs both sides of a branch on a uniform value, masked, a per-lane loop for every
-    /// buffer access in the skipped side).
+    /// `pipeline` with the module's `override` constants set: naga substitutes their values
+    /// before the driver compiles the kernel, so the branches they decide are folded away and
+    /// cost nothing at run time (llvmpipe runs both sides of a branch on a uniform value,
+    /// masked, a per-lane loop for every buffer access in the skipped side).
     pub fn specialized_pipeline(
         &self,
         module: &wgpu::ShaderModule,

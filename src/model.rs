@@ -652,9 +652,10 @@ mod tests {
         assert_eq!(f16_bits(&[1.0, -2.0, 1.0 / 3.0]), [0x3c00, 0xc000, 0x3555]);
         // 1 + 2^-11 lies halfway between 1 and 1 + 2^-10: ties go to the even mantissa.
         assert_eq!(f16_bits(&[1.0 + 1.0 / 2048.0]), [0x3c00]);
-        assert_eq!(f16_bits(&[1e6]), [0x7c00]); // overflow → +inf
-                                                // the slice conversion (vectorized, with a scalar tail) agrees with the scalar one on
-                                                // every value, subnormals and ties included, at a length that is no multiple of 8
+        // overflow → +inf
+        assert_eq!(f16_bits(&[1e6]), [0x7c00]);
+        // the slice conversion (vectorized, with a scalar tail) agrees with the scalar one on
+        // every value, subnormals and ties included, at a length that is no multiple of 8
         let values: Vec<f32> = (0..1003)
             .map(|i| (i as f32 - 501.0) * 7.3e-3 * (1.0 + (i % 7) as f32 * 1e-3))
             .chain([6.0e-8, -3.0e-5, 65504.0, 65520.0, 0.0, -0.0])

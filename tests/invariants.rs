@@ -280,8 +280,24 @@ fn ra_alone_stops_at_the_first_layer_with_the_same_maps() {
 /// then holds, for both weight formats.
 #[test]
 fn the_memory_estimate_matches_the_buffers_the_engine_holds() {
-    for name in ["tiny-bpe", "tiny-odd", "tiny-prefixed"] {
-        let model = fixture(name);
+    // and a one-block model, whose only block runs its attention projection and MLP at the loss
+    // rows alone (with the tiny-bpe tokenizer)
+    let one_block = || {
+        let tiny = fixture("tiny-bpe");
+        let config = revattn::init::parse_config("1,4,64", Some(tiny.config.vocab_size)).unwrap();
+        Model {
+            weights: revattn::init::random_weights(&config, 5).unwrap(),
+            config,
+            source: "one random block".into(),
+            ..tiny
+        }
+    };
+    for name in ["tiny-bpe", "tiny-odd", "tiny-prefixed", "one-block"] {
+        let model = if name == "one-block" {
+            one_block()
+        } else {
+            fixture(name)
+        };
         for (kind, format) in [
             (LossKind::Nll, WeightFormat::F32),
             (LossKind::Ce, WeightFormat::F32),

@@ -289,6 +289,7 @@ impl Linear {
         entry: &'static str,
         epilogue: u32,
     ) -> wgpu::ComputePipeline {
+        // held while compiling (seconds on llvmpipe): plans are built on one thread
         let mut pipelines = self.pipelines.lock().expect("no kernel compile panicked");
         pipelines
             .entry((family, entry, epilogue))
@@ -688,10 +689,9 @@ impl Linear {
         }
         let out_texture = match g.out_texture {
             Some(out) => {
-                assert!(
-                    g.n % 4 == 0 && g.c.ld % 4 == 0 && !g.accumulate,
-                    "{label}: C as texels"
-                );
+                // texel (row·ldc + col)/4: whole quads, rows packed
+                let packed = g.n % 4 == 0 && g.c.ld as usize == g.n;
+                assert!(packed && !g.accumulate, "{label}: C as texels");
                 plan.reserve(out, (g.m * g.n / 4) as u64);
                 TextureBinding::Scratch(out)
             }
@@ -804,7 +804,11 @@ impl Linear {
         g: &Gemm,
         staged: Option<TextureBinding>,
     ) {
-        let (true, Some(b_texture)) = (self.has_texture_kernels(), staged) else {
+        assert!(
+            g.a_texture.is_none() && g.out_texture.is_none(),
+            "{label}: the one-row kernels read A from and write C to buffers"
+        );
+        let Some(b_texture) = staged.filter(|_| self.has_texture_kernels()) else {
             return self.gemm(plan, label, g);
         };
         let quads = |xs: &[u32]| xs.iter().all(|x| x % 4 == 0);
@@ -1014,9 +1018,10 @@ pub fn chainable(
         (GemmOp::NN, (m, n, k), k, n)
     };
     // With B staged, fewer than 8 rows take the one-row buffer kernels (`texture_gemm`); a
-    // texture output needs whole quads of C.
+    // texture output needs whole quads of C, and room for them.
     (resident_b || m >= 8)
         && shape.1 % 4 == 0
+        && (shape.0 * shape.1 / 4) as u64 <= max_texels
         && texture_spans(op, shape, (lda as u32, 0), (ldb as u32, 0), max_texels).is_some()
 }
 
