@@ -518,7 +518,8 @@ struct Workspace {
     chunk_terms: wgpu::Buffer, // (R, chunks, C)
     /// The lm_head and the loss run fused (`lm_head.wgsl`).
     fused_lm_head: bool,
-    /// fc_act and d_fc_pre pass through `MLP_HIDDEN_TEXTURE` (their buffers are placeholders).
+    /// fc_act and d_fc_pre pass through `MLP_HIDDEN_TEXTURE`; their buffers hold one float and
+    /// no step of the plan binds them.
     mlp_through_texture: bool,
     // backward
     dln_f_rows: wgpu::Buffer,   // (R, C)

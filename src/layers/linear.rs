@@ -205,11 +205,12 @@ pub struct Linear {
     /// How every kernel of this instance reads operand B (`WeightFormat::F16`: packed halves,
     /// for the GEMMs whose B is a weight matrix; A and C are always f32).
     b_format: WeightFormat,
-    /// Placeholders for the bindings a GEMM does not use: read-only (bias, residual, B of a
+    /// Stand-ins bound where a GEMM reads nothing: read-only (bias, residual, B of a
     /// texture GEMM) and read-write (gelu's tensor); one buffer cannot be both in a dispatch.
     unused: wgpu::Buffer,
     unused_rw: wgpu::Buffer,
-    /// The placeholder for the texture tiles' `out_tex` (binding 9) without TEXTURE_OUT.
+    /// Bound at the texture tiles' `out_tex` (binding 9) when C goes to its buffer (no
+    /// TEXTURE_OUT): the layout needs the binding, the kernel never writes it.
     unused_texture: Option<wgpu::TextureView>,
 }
 
@@ -336,10 +337,7 @@ impl Linear {
         shape: (impl Into<Rows>, usize, usize),
     ) {
         // pre always goes to its buffer (the backward reads it); act to its buffer or texture
-        let (act, act_texture) = match act.into() {
-            Activation::Buffer(act) => (act, None),
-            Activation::Texture(t) => (&self.unused_rw, Some(t)),
-        };
+        let (act, act_texture) = self.output(act.into());
         let gelu = Some(GeluEpilogue::Forward { act });
         self.forward_with(
             plan,
@@ -428,10 +426,7 @@ impl Linear {
     ) {
         let Rows(rows) = rows.into();
         let (dout, a_texture) = self.input(dout);
-        let (dx, out_texture) = match dx {
-            Activation::Buffer(dx) => (dx, None),
-            Activation::Texture(t) => (&self.unused_rw, Some(t)),
-        };
+        let (dx, out_texture) = self.output(dx);
         self.weight_gemm(plan, "linear_backward_input", w, |w| Gemm {
             m: rows.len(),
             n: k,
@@ -449,11 +444,20 @@ impl Linear {
         });
     }
 
-    /// An input activation as A's buffer (a placeholder when it is in a texture) and texture.
+    /// An input activation as A's buffer (`unused` when it is in a texture) and texture.
     fn input<'g>(&'g self, x: Activation<'g>) -> (&'g wgpu::Buffer, Option<ScratchTexture>) {
         match x {
             Activation::Buffer(x) => (x, None),
             Activation::Texture(t) => (&self.unused, Some(t)),
+        }
+    }
+
+    /// An output activation as the epilogue's buffer (`unused_rw` when it goes to a texture) and
+    /// texture.
+    fn output<'g>(&'g self, y: Activation<'g>) -> (&'g wgpu::Buffer, Option<ScratchTexture>) {
+        match y {
+            Activation::Buffer(y) => (y, None),
+            Activation::Texture(t) => (&self.unused_rw, Some(t)),
         }
     }
 
