@@ -5,7 +5,8 @@
 //             dwpe[t]  = Σ_b dh_0[b·T + t] for t < T, 0 for the positions no sequence reached
 // wte can exceed one storage binding (GPT-2's is 147 MiB, XL's 307 MiB), so it is split into
 // row chunks; each chunk's dispatch writes only the tokens whose id falls inside it, so every
-// output element has exactly one writer. The backward reads, per vocabulary row, the positions
+// output element has exactly one writer. (embedding_texture.wgsl: the forward reading wte's
+// chunks from textures.) The backward reads, per vocabulary row, the positions
 // holding that token (a CSR index built on the host with the ids), so no thread scans all rows.
 
 struct Params {

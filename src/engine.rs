@@ -12,13 +12,14 @@
 //! layer's weight gradient is recorded right after its input gradient, from the same buffers.
 
 use std::ops::Range;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::layers::attention::{Attention, AttentionBuffers, AttentionShape};
 use crate::layers::cross_entropy::{gpu_terms, CrossEntropy};
-use crate::layers::embedding::{token_index, Embedding, EmbeddingGrads, VocabChunk};
+use crate::layers::embedding::{token_index, Embedding, EmbeddingGrads, VocabChunk, WteSource};
 use crate::layers::layernorm::{LayerNorm, LayerNormSaved};
 use crate::layers::linear::{
     block_weights, chainable, texture_gemms_available, weights_fit_textures, Activation, Gemm,
@@ -135,9 +136,16 @@ struct GpuLayer {
 }
 
 struct GpuWeights {
-    wte: Vec<VocabChunk>, // (V, C) in row chunks that each fit one binding
-    /// The same chunks as textures, row by row, for the lm_head's one-row kernels (inference
-    /// engines on CPU adapters; empty otherwise): no per-pass staging of wte.
+    /// wte's row chunks (V, C), each fitting one binding: (first row, rows, bytes in the
+    /// weights' format).
+    wte_spans: Vec<(usize, usize, u64)>,
+    /// The chunks as buffers. An inference engine on a CPU adapter keeps wte as textures only
+    /// (below) and makes these, copied from the textures, when a pass first needs them: the
+    /// lm_head at more than `LM_HEAD_STAGED_ROWS` loss rows. RA for a prompt never does, which
+    /// saves wte's size (147 MiB for GPT-2 in f32). Use `wte_buffers`.
+    wte: OnceLock<Vec<VocabChunk>>,
+    /// The same chunks as textures, row by row, for the embedding and the lm_head's one-row
+    /// kernels (inference engines on CPU adapters; empty otherwise): no per-pass staging of wte.
     wte_textures: Vec<Matrix>,
     wpe: wgpu::Buffer, // (P, C)
     layers: Vec<GpuLayer>,
@@ -182,10 +190,55 @@ impl GpuLayer {
 }
 
 impl GpuWeights {
+    /// wte's chunks as buffers: uploaded with the weights, or, for an engine that keeps wte as
+    /// textures only, copied from the textures on the adapter the first time a pass needs them,
+    /// and kept.
+    fn wte_buffers(&self, ctx: &GpuContext) -> &[VocabChunk] {
+        self.wte.get_or_init(|| {
+            self.wte_spans
+                .iter()
+                .zip(&self.wte_textures)
+                .map(|(&(row0, rows, bytes), texture)| {
+                    let Matrix::Texture { view, .. } = texture else {
+                        unreachable!("wte's textures are textures")
+                    };
+                    VocabChunk {
+                        buffer: ctx.buffer_from_texels("wte chunk", view, bytes),
+                        row0,
+                        rows,
+                    }
+                })
+                .collect()
+        })
+    }
+
+    /// wte's chunks as the embedding and the fused lm_head read them from textures (empty
+    /// unless the engine keeps wte as textures).
+    fn wte_texture_chunks(&self) -> Vec<WteChunk> {
+        self.wte_spans
+            .iter()
+            .zip(&self.wte_textures)
+            .map(|(&(row0, rows, _), texture)| {
+                let Matrix::Texture { view, .. } = texture else {
+                    unreachable!("wte's textures are textures")
+                };
+                WteChunk {
+                    texture: TextureBinding::View(view.clone()),
+                    row0,
+                    rows,
+                }
+            })
+            .collect()
+    }
+
     /// Every parameter buffer in `Weights::named` order (wte as one buffer: training requires a
     /// single chunk).
     fn buffers(&self) -> Vec<&wgpu::Buffer> {
-        let mut out = vec![&self.wte[0].buffer, &self.wpe];
+        let wte = self
+            .wte
+            .get()
+            .expect("a trainable engine uploads wte's buffers");
+        let mut out = vec![&wte[0].buffer, &self.wpe];
         for layer in &self.layers {
             out.extend(layer.buffers());
         }
@@ -196,8 +249,9 @@ impl GpuWeights {
 
     /// Bytes of every buffer and texture, wte chunks included.
     fn bytes(&self) -> u64 {
-        let wte: u64 = self.wte.iter().map(|c| c.buffer.size()).sum::<u64>()
-            + self.wte_textures.iter().map(Matrix::bytes).sum::<u64>();
+        let wte: u64 = self.wte.get().map_or(0, |chunks| {
+            chunks.iter().map(|c| c.buffer.size()).sum::<u64>()
+        }) + self.wte_textures.iter().map(Matrix::bytes).sum::<u64>();
         let layers: u64 = self.layers.iter().map(GpuLayer::bytes).sum();
         wte + layers + self.wpe.size() + self.ln_f_w.size() + self.ln_f_b.size()
     }
@@ -227,15 +281,21 @@ impl GpuWeights {
             .collect();
         GpuWeights {
             wte_textures: Vec::new(),
-            wte: w
-                .wte
+            wte_spans: w
+                .wte_spans
                 .iter()
-                .map(|chunk| VocabChunk {
-                    buffer: ctx.storage("grad wte chunk", (4 * chunk.rows * c) as u64),
-                    row0: chunk.row0,
-                    rows: chunk.rows,
-                })
+                .map(|&(row0, rows, _)| (row0, rows, (4 * rows * c) as u64))
                 .collect(),
+            wte: OnceLock::from(
+                w.wte_spans
+                    .iter()
+                    .map(|&(row0, rows, _)| VocabChunk {
+                        buffer: ctx.storage("grad wte chunk", (4 * rows * c) as u64),
+                        row0,
+                        rows,
+                    })
+                    .collect::<Vec<_>>(),
+            ),
             wpe: z("grad wpe", &w.wpe),
             layers,
             ln_f_w: z("grad ln_f.weight", &w.ln_f_w),
@@ -290,11 +350,24 @@ impl GpuWeights {
         let c = model.config.n_embd;
         let max_rows = vocab_chunk_rows(ctx.max_binding_bytes(), c, format);
         let v = model.config.vocab_size;
-        let wte = (0..v)
+        let wte_spans: Vec<(usize, usize, u64)> = (0..v)
             .step_by(max_rows)
             .map(|row0| {
                 let rows = max_rows.min(v - row0);
-                VocabChunk {
+                (row0, rows, (rows * c * format.bytes_per_weight()) as u64)
+            })
+            .collect();
+        // an inference engine's embedding and lm_head read wte's chunks from textures (row by
+        // row), and its buffers wait until a pass needs them (`wte_buffers`)
+        let max_texels = crate::layers::max_scratch_texels(ctx);
+        let wte_textured = textures
+            && wte_fits_textures(wte_spans.iter().map(|&(_, rows, _)| rows), c, max_texels);
+        let wte = if wte_textured {
+            OnceLock::new()
+        } else {
+            let chunks = wte_spans
+                .iter()
+                .map(|&(row0, rows, _)| VocabChunk {
                     buffer: store(
                         "wte chunk",
                         &w.wte.data()[row0 * c..(row0 + rows) * c],
@@ -302,18 +375,15 @@ impl GpuWeights {
                     ),
                     row0,
                     rows,
-                }
-            })
-            .collect::<Vec<VocabChunk>>();
-        // an inference engine's lm_head reads wte's chunks from textures (row by row)
-        let max_texels = crate::layers::max_scratch_texels(ctx);
-        let wte_fits = wte.iter().all(|chunk| {
-            crate::layers::linear::staged_weight_texels(chunk.rows * c, max_texels).is_some()
-        });
-        let wte_textures = if textures && wte_fits {
-            wte.iter()
-                .map(|chunk| {
-                    let data = &w.wte.data()[chunk.row0 * c..(chunk.row0 + chunk.rows) * c];
+                })
+                .collect::<Vec<VocabChunk>>();
+            OnceLock::from(chunks)
+        };
+        let wte_textures = if wte_textured {
+            wte_spans
+                .iter()
+                .map(|&(row0, rows, _)| {
+                    let data = &w.wte.data()[row0 * c..(row0 + rows) * c];
                     let texel_format = crate::layers::linear::texel_format(format);
                     let view = match format {
                         WeightFormat::F32 => {
@@ -358,6 +428,7 @@ impl GpuWeights {
             })
             .collect::<Result<Vec<_>>>()?;
         let weights = GpuWeights {
+            wte_spans,
             wte,
             wte_textures,
             wpe: up("wpe", &w.wpe),
@@ -389,6 +460,19 @@ fn texture_bytes(weights: usize, format: WeightFormat) -> u64 {
         .div_ceil(row)
         .max(1)
         * row
+}
+
+/// Whether wte's chunks of `chunk_rows` rows of `c` each fit a texture the kernels read (the
+/// embedding's texture kernel reads whole texels): then an inference engine on a CPU adapter
+/// keeps wte as textures only. The engine and the memory estimate ask this.
+fn wte_fits_textures(
+    mut chunk_rows: impl Iterator<Item = usize>,
+    c: usize,
+    max_texels: u64,
+) -> bool {
+    c % 4 == 0
+        && chunk_rows
+            .all(|rows| crate::layers::linear::staged_weight_texels(rows * c, max_texels).is_some())
 }
 
 /// Rows per wte chunk: as many as one binding holds, a multiple of 64 rows.
@@ -559,8 +643,8 @@ fn fused_lm_head(
         && !key.weight_grads
         && key.rows.len() <= LM_HEAD_STAGED_ROWS
         && lm_head::fits(c, x_off)
-        && w.wte.iter().all(|chunk| {
-            crate::layers::linear::staged_weight_texels(chunk.rows * c, max_texels).is_some()
+        && w.wte_spans.iter().all(|&(_, rows, _)| {
+            crate::layers::linear::staged_weight_texels(rows * c, max_texels).is_some()
         })
 }
 
@@ -625,7 +709,7 @@ impl Workspace {
         let top = key.top_rows().is_some();
         let fused = fused_lm_head(ctx, k, w, cfg, &key);
         let mlp_tex = mlp_through_texture(ctx, k, w, cfg, &key);
-        let chunk_rows: Vec<usize> = w.wte.iter().map(|chunk| chunk.rows).collect();
+        let chunk_rows: Vec<usize> = w.wte_spans.iter().map(|&(_, rows, _)| rows).collect();
         let nb = lm_head::blocks(&chunk_rows);
         // the fused kernels' sums, when they run (and the backward's only with it)
         let partial = |floats: usize, with_backward: bool| {
@@ -730,8 +814,14 @@ impl Workspace {
         let shape = |layer| AttentionShape { b, t, c, nh, layer };
 
         // ---- forward ----
+        let wte_textures = w.wte_texture_chunks();
+        let wte = if !wte_textures.is_empty() && k.embedding.reads_textures(c) {
+            WteSource::Textures(&wte_textures)
+        } else {
+            WteSource::Buffers(w.wte_buffers(ctx))
+        };
         k.embedding
-            .forward(p, &self.hidden[0], &self.ids, &w.wte, &w.wpe, (b, t, c));
+            .forward(p, &self.hidden[0], &self.ids, wte, &w.wpe, (b, t, c));
         let top_rows = key.top_rows();
         // The rows block l's attention projection and MLP run on (`PlanKey::top_rows`).
         let block_rows = |l: usize| match &top_rows {
@@ -839,17 +929,15 @@ impl Workspace {
         // At a few rows the lm_head is a GEMV over wte: fetched from textures it is several times
         // faster on CPU adapters. An inference engine keeps wte's chunks as textures; otherwise
         // each chunk is staged once for the forward and the backward.
-        let staged_wte: Vec<Option<TextureBinding>> = w
-            .wte
-            .iter()
-            .enumerate()
-            .map(|(i, chunk)| {
+        let staged_wte: Vec<Option<TextureBinding>> = (0..w.wte_spans.len())
+            .map(|i| {
                 if r > LM_HEAD_STAGED_ROWS {
                     return None;
                 }
-                if let Some(Matrix::Texture { view, .. }) = w.wte_textures.get(i) {
-                    return Some(TextureBinding::View(view.clone()));
+                if let Some(chunk) = wte_textures.get(i) {
+                    return Some(chunk.texture.clone());
                 }
+                let chunk = &w.wte_buffers(ctx)[i];
                 k.weight_gemms()
                     .stage_weights(p, 2 + i as u8, &chunk.buffer, chunk.rows * c)
                     .map(TextureBinding::Scratch)
@@ -862,13 +950,13 @@ impl Workspace {
                 .as_ref()
                 .expect("fused_lm_head checks the kernels");
             let chunks: Vec<WteChunk> = w
-                .wte
+                .wte_spans
                 .iter()
                 .zip(&staged_wte)
-                .map(|(chunk, staged)| WteChunk {
+                .map(|(&(row0, rows, _), staged)| WteChunk {
                     texture: staged.clone().expect("fused_lm_head checks the textures"),
-                    row0: chunk.row0,
-                    rows: chunk.rows,
+                    row0,
+                    rows,
                 })
                 .collect();
             let buffers = LmHeadBuffers {
@@ -887,7 +975,7 @@ impl Workspace {
             };
             lm_head.forward_backward(p, &buffers, &chunks, (r, c, v));
         } else {
-            for (chunk, staged) in w.wte.iter().zip(&staged_wte) {
+            for (chunk, staged) in w.wte_buffers(ctx).iter().zip(&staged_wte) {
                 k.weight_gemms().gemm_with_staged_b(
                     p,
                     "lm_head_forward",
@@ -926,8 +1014,9 @@ impl Workspace {
         // ---- backward ----
         // dln_f_rows (R, C) = dlogits · wte, differentiating logits = x·wteᵀ in x; summed over
         // chunks (the fused lm_head wrote it already).
-        let chunks = w.wte.iter().zip(&staged_wte).enumerate();
-        for (i, (chunk, staged)) in chunks.filter(|_| !self.fused_lm_head) {
+        let unfused = (!self.fused_lm_head).then(|| w.wte_buffers(ctx));
+        let chunks = unfused.unwrap_or_default().iter().zip(&staged_wte);
+        for (i, (chunk, staged)) in chunks.enumerate() {
             k.weight_gemms().gemm_with_staged_b(
                 p,
                 "lm_head_backward",
@@ -952,7 +1041,7 @@ impl Workspace {
         if let Some(g) = grads {
             // dwte (V, C) = dlogitsᵀ · x, differentiating logits = x·wteᵀ in wte (the embedding's
             // share is added at the end).
-            for (chunk, dchunk) in w.wte.iter().zip(&g.wte) {
+            for (chunk, dchunk) in w.wte_buffers(ctx).iter().zip(g.wte_buffers(ctx)) {
                 k.linear.gemm(
                     p,
                     "lm_head_backward_weight",
@@ -1142,7 +1231,7 @@ impl Workspace {
                 dh: &self.dhidden[0],
                 token_start: &self.token_start,
                 token_rows: &self.token_rows,
-                dwte: &g.wte,
+                dwte: g.wte_buffers(ctx),
                 dwpe: &g.wpe,
             };
             k.embedding
@@ -1353,14 +1442,17 @@ impl MemoryEstimate {
         } else {
             vectors.iter().chain(&matrices).copied().collect()
         };
-        // every wte chunk fits a texture: an inference engine keeps them as textures too, and the
-        // lm_head may run fused
+        // every wte chunk fits a texture: the lm_head may run fused, and an inference engine
+        // keeps wte as textures only (`wte_fits_textures`)
         let chunks_fit = limits.scratch_texels.is_some_and(|max_texels| {
             chunk_sizes
                 .iter()
                 .all(|&n| crate::layers::linear::staged_weight_texels(n, max_texels).is_some())
         });
-        let wte_textured = textured && chunks_fit;
+        let wte_textured = textured
+            && limits.scratch_texels.is_some_and(|max_texels| {
+                wte_fits_textures(chunk_lens.iter().copied(), c, max_texels)
+            });
         // as `mlp_through_texture` decides for one prompt
         let mlp_tex = textured
             && limits
@@ -1372,13 +1464,20 @@ impl MemoryEstimate {
         } else {
             0
         };
+        // the lm_head and the loss fused (`fused_lm_head`)
+        let fused = chunks_fit && rows <= LM_HEAD_STAGED_ROWS && lm_head::fits(c, 0);
+        // wte's buffers: an engine that keeps wte as textures makes them for the unfused
+        // lm_head only (`GpuWeights::wte_buffers`)
+        let wte: Vec<u64> = if wte_textured && fused {
+            Vec::new()
+        } else {
+            wte
+        };
         let weights_bytes = wte.iter().sum::<u64>()
             + wte_textures
             + b(cfg.n_positions * c)
             + nl as u64 * (vectors.iter().sum::<u64>() + matrices.iter().sum::<u64>())
             + 2 * b(c);
-        // the lm_head and the loss fused (`fused_lm_head`)
-        let fused = chunks_fit && rows <= LM_HEAD_STAGED_ROWS && lm_head::fits(c, 0);
         let nb = lm_head::blocks(&chunk_lens);
         let partial = |floats: usize, with_backward: bool| {
             b(if fused && (backward || !with_backward) {
@@ -1862,7 +1961,7 @@ impl Engine {
                 cfg.vocab_size
             ));
         }
-        if gradients && self.weights.wte.len() > 1 {
+        if gradients && self.weights.wte_spans.len() > 1 {
             return bad(format!(
                 "training needs wte ({} × {}) in one storage binding; this adapter allows {} bytes",
                 cfg.vocab_size,
@@ -1890,7 +1989,7 @@ impl Engine {
         let grads = self.grads.as_ref().expect("just allocated");
         // wte as one buffer: an optimizer over a chunked wte would miss rows.
         assert_eq!(
-            self.weights.wte.len(),
+            self.weights.wte_spans.len(),
             1,
             "training needs wte in one binding"
         );
@@ -1924,8 +2023,11 @@ impl Engine {
     fn read_tensors(&self, w: &GpuWeights) -> Result<Vec<Tensor>> {
         let shapes = self.config.parameter_shapes();
         let c = self.config.n_embd;
-        let mut sources: Vec<(&wgpu::Buffer, usize)> =
-            w.wte.iter().map(|ch| (&ch.buffer, ch.rows * c)).collect();
+        let mut sources: Vec<(&wgpu::Buffer, usize)> = w
+            .wte_buffers(&self.ctx)
+            .iter()
+            .map(|ch| (&ch.buffer, ch.rows * c))
+            .collect();
         let n_chunks = sources.len();
         for ((_, shape), buf) in shapes.iter().zip(w.buffers()).skip(1) {
             sources.push((buf, shape.iter().product()));

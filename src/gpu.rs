@@ -302,8 +302,11 @@ impl GpuContext {
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
             format,
-            // read as read-only storage textures: llvmpipe inlines those loads
-            usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
+            // read as read-only storage textures: llvmpipe inlines those loads; copied out by
+            // `buffer_from_texels`
+            usage: wgpu::TextureUsages::STORAGE_BINDING
+                | wgpu::TextureUsages::COPY_DST
+                | wgpu::TextureUsages::COPY_SRC,
             view_formats: &[],
         });
         let row_bytes = (texel_bytes * TEXTURE_ROW_TEXELS) as usize;
@@ -331,6 +334,72 @@ impl GpuContext {
             size,
         );
         texture.create_view(&Default::default())
+    }
+
+    /// A storage buffer holding the first `bytes` bytes of a texture `upload_texels` made (its
+    /// texels in order, without the last row's padding): the same contents as `upload` of the
+    /// bytes given to `upload_texels`, made on the adapter without the host copy. The copy is
+    /// submitted now, so it runs before anything submitted later.
+    pub fn buffer_from_texels(
+        &self,
+        label: &str,
+        texels: &wgpu::TextureView,
+        bytes: u64,
+    ) -> wgpu::Buffer {
+        let texture = texels.texture();
+        let texel_bytes = u64::from(
+            texture
+                .format()
+                .block_copy_size(None)
+                .expect("a color format"),
+        );
+        let row_bytes = texel_bytes * TEXTURE_ROW_TEXELS;
+        assert!(
+            bytes % texel_bytes == 0 && bytes <= row_bytes * u64::from(texture.height()),
+            "{bytes} bytes are not whole texels of the texture"
+        );
+        let buffer = self.storage(label, bytes);
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        // whole texture rows, then the part of the last row that holds data
+        let (full_rows, rest) = (bytes / row_bytes, bytes % row_bytes);
+        let pieces = [
+            (0, TEXTURE_ROW_TEXELS, full_rows),
+            (full_rows, rest / texel_bytes, u64::from(rest > 0)),
+        ];
+        for (row0, width, height) in pieces {
+            if width == 0 || height == 0 {
+                continue;
+            }
+            encoder.copy_texture_to_buffer(
+                wgpu::TexelCopyTextureInfo {
+                    texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d {
+                        x: 0,
+                        y: row0 as u32,
+                        z: 0,
+                    },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                wgpu::TexelCopyBufferInfo {
+                    buffer: &buffer,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: row0 * row_bytes,
+                        bytes_per_row: Some(row_bytes as u32),
+                        rows_per_image: None,
+                    },
+                },
+                wgpu::Extent3d {
+                    width: width as u32,
+                    height: height as u32,
+                    depth_or_array_layers: 1,
+                },
+            );
+        }
+        self.queue.submit([encoder.finish()]);
+        buffer
     }
 
     /// Copies `(buffer, f32 count)` pairs to the host in one submit and one map.

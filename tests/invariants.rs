@@ -276,6 +276,57 @@ fn ra_alone_stops_at_the_first_layer_with_the_same_maps() {
     }
 }
 
+/// More than 8 loss rows (teacher-forced cross-entropy over a long target): the lm_head runs as
+/// GEMMs over wte's buffers, which an engine that keeps wte as textures (CPU adapters) copies from
+/// them on the adapter for the first such pass. Loss, logits and RA match the reference on the
+/// first pass and on the next (which reuses the buffers), for both weight formats.
+#[test]
+fn many_loss_rows_read_wte_buffers_made_from_its_textures() {
+    let target = " Florence and Rome, Milan and Venice, Naples and Turin, Genoa and Bologna, Pisa";
+    for name in ["tiny-bpe", "tiny-prefixed"] {
+        for format in [WeightFormat::F32, WeightFormat::F16] {
+            let model = fixture(name);
+            let mut rounded = fixture(name);
+            if format == WeightFormat::F16 {
+                rounded.weights.round_f16_matrices();
+            }
+            let mut engine = Engine::for_inference(gpu(), &model, format).unwrap();
+            let seq = sequence(
+                &model,
+                "I like Italy and France.",
+                target,
+                LossKind::Ce,
+                true,
+            );
+            assert!(seq.loss.rows.len() > 8, "{name}: 8 target tokens or fewer");
+            let want = reference::forward_backward(
+                &rounded.config,
+                &rounded.weights,
+                &seq,
+                &ForwardOptions::default(),
+            );
+            for pass in ["first pass", "second pass"] {
+                let g = engine
+                    .run(&seq, &ForwardOptions::default(), Readback::default())
+                    .unwrap();
+                let tag = format!(
+                    "{name} {} ce over {} rows, {pass}",
+                    format.as_str(),
+                    seq.loss.rows.len()
+                );
+                assert_close(&format!("{tag} loss"), &[g.loss as f32], &[want.loss], 1e-5);
+                assert_close(&format!("{tag} logits"), &g.logits, &want.logits, 1e-5);
+                assert_close(
+                    &format!("{tag} RA"),
+                    g.reversed_attention.as_ref().unwrap(),
+                    &want.reversed_attention,
+                    1e-4,
+                );
+            }
+        }
+    }
+}
+
 /// `MemoryEstimate` (what `maps` prints and checks before it starts) is exactly what the engine
 /// then holds, for both weight formats.
 #[test]
@@ -298,12 +349,24 @@ fn the_memory_estimate_matches_the_buffers_the_engine_holds() {
         } else {
             fixture(name)
         };
-        for (kind, format) in [
-            (LossKind::Nll, WeightFormat::F32),
-            (LossKind::Ce, WeightFormat::F32),
-            (LossKind::Nll, WeightFormat::F16),
+        // teacher-forced over more than 8 target tokens: the lm_head runs unfused, so an engine
+        // that keeps wte as textures makes its buffers for this pass (and holds them after)
+        let long_target =
+            " Florence and Rome, Milan and Venice, Naples and Turin, Genoa and Bologna, Pisa";
+        for (kind, format, target) in [
+            (LossKind::Nll, WeightFormat::F32, " Florence"),
+            (LossKind::Ce, WeightFormat::F32, " Florence"),
+            (LossKind::Nll, WeightFormat::F16, " Florence"),
+            (LossKind::Ce, WeightFormat::F32, long_target),
+            (LossKind::Ce, WeightFormat::F16, long_target),
         ] {
-            let seq = sequence(&model, "I like Italy and France.", " Florence", kind, true);
+            let seq = sequence(&model, "I like Italy and France.", target, kind, true);
+            if target == long_target {
+                assert!(
+                    seq.loss.rows.len() > 8,
+                    "{name}: the long target has 8 tokens or fewer"
+                );
+            }
             let mut engine = Engine::for_inference(gpu(), &model, format).unwrap();
             engine
                 .run(&seq, &ForwardOptions::default(), Readback::default())
@@ -316,7 +379,12 @@ fn the_memory_estimate_matches_the_buffers_the_engine_holds() {
                 format,
                 revattn::engine::AdapterLimits::of(&engine.ctx),
             );
-            let tag = format!("{name} {} {}", kind.name(), format.as_str());
+            let tag = format!(
+                "{name} {} {} {} loss rows",
+                kind.name(),
+                format.as_str(),
+                seq.loss.rows.len()
+            );
             println!(
                 "{tag}: estimate {} B, engine holds {} B",
                 want.total(),

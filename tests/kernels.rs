@@ -8,7 +8,7 @@ use common::{assert_close, gpu, to_f64, Rng};
 use revattn::gpu::GpuContext;
 use revattn::layers::attention::{Attention, AttentionBuffers, AttentionShape};
 use revattn::layers::cross_entropy::{gpu_terms, CrossEntropy};
-use revattn::layers::embedding::{Embedding, VocabChunk};
+use revattn::layers::embedding::{Embedding, VocabChunk, WteSource};
 use revattn::layers::gelu::Gelu;
 use revattn::layers::layernorm::{LayerNorm, LayerNormSaved};
 use revattn::layers::linear::{
@@ -776,23 +776,39 @@ fn gelu_forward_and_backward_match_reference() {
     }
 }
 
+/// The embedding over 3 vocab chunks, wte in buffers (C odd) and, on CPU adapters, in textures
+/// (inference engines keep it there); and the buffers `buffer_from_texels` makes from those
+/// textures, byte for byte the buffers the engine would upload.
 #[test]
 fn embedding_over_vocab_chunks_matches_reference() {
     let ctx = gpu();
     for format in [WeightFormat::F32, WeightFormat::F16] {
-        check_embedding(&ctx, &Embedding::for_weights(&ctx, format), format);
+        let emb = Embedding::for_weights(&ctx, format);
+        check_embedding(&ctx, &emb, format, 15, false);
+        if emb.reads_textures(12) {
+            check_embedding(&ctx, &emb, format, 12, true);
+        } else {
+            println!("texture embedding skipped: not a CPU adapter with 8-lane subgroups");
+        }
     }
 }
 
-fn check_embedding(ctx: &GpuContext, emb: &Embedding, format: WeightFormat) {
+fn check_embedding(
+    ctx: &GpuContext,
+    emb: &Embedding,
+    format: WeightFormat,
+    c: usize,
+    textures: bool,
+) {
     let mut rng = Rng(5);
-    let (v, p, c, t) = (150, 20, 15, 11);
+    let (v, p, t) = (150, 20, 11);
     let wte = upload_weights(ctx, &rng.vec(v * c, 1.0), format).1;
     let wpe = rng.vec(p * c, 1.0);
     let ids: Vec<u32> = (0..t)
         .map(|i| if i == 0 { 149 } else { rng.below(v) as u32 })
         .collect();
-    let chunks: Vec<VocabChunk> = [(0, 64), (64, 64), (128, 22)]
+    let ranges = [(0, 64), (64, 64), (128, 22)];
+    let chunks: Vec<VocabChunk> = ranges
         .iter()
         .map(|&(row0, rows)| VocabChunk {
             buffer: upload_weights(ctx, &wte[row0 * c..(row0 + rows) * c], format).0,
@@ -800,22 +816,69 @@ fn check_embedding(ctx: &GpuContext, emb: &Embedding, format: WeightFormat) {
             rows,
         })
         .collect();
+    let texture_chunks: Vec<WteChunk> = if textures {
+        ranges
+            .iter()
+            .map(|&(row0, rows)| {
+                let bytes = weight_bytes(&wte[row0 * c..(row0 + rows) * c], format);
+                WteChunk {
+                    texture: TextureBinding::View(ctx.upload_texels(
+                        "wte chunk",
+                        &bytes,
+                        texel_format(format),
+                    )),
+                    row0,
+                    rows,
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let (idb, wpeb) = (ctx.upload("ids", &ids), ctx.upload("wpe", &wpe));
     let out = ctx.storage("out", 4 * (t * c) as u64);
     run(ctx, |pl| {
-        emb.forward(pl, &out, &idb, &chunks, &wpeb, (1, t, c))
+        let source = if textures {
+            WteSource::Textures(&texture_chunks)
+        } else {
+            WteSource::Buffers(&chunks)
+        };
+        emb.forward(pl, &out, &idb, source, &wpeb, (1, t, c))
     });
     let mut want = vec![0.0; t * c];
     reference::embedding_forward(&mut want, &ids, &to_f64(&wte), &to_f64(&wpe), c);
+    let source = if textures { "textures" } else { "buffers" };
     assert_close(
         &format!(
-            "embedding forward (3 vocab chunks, {} wte)",
+            "embedding forward (3 vocab chunks, {} wte in {source}, C = {c})",
             format.as_str()
         ),
         &read(ctx, &out, t * c),
         &want,
         REL_TOL,
     );
+    for (chunk, texture) in chunks.iter().zip(&texture_chunks) {
+        let TextureBinding::View(view) = &texture.texture else {
+            unreachable!("the chunks are views")
+        };
+        let bytes = (chunk.rows * c * format.bytes_per_weight()) as u64;
+        let copied = ctx.buffer_from_texels("wte chunk", view, bytes);
+        assert_eq!(
+            copied.size(),
+            chunk.buffer.size(),
+            "buffer_from_texels: size"
+        );
+        let words = copied.size() as usize / 4;
+        let got = ctx
+            .read_f32(&[(&copied, words), (&chunk.buffer, words)])
+            .unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        assert!(
+            bits(&got[0]) == bits(&got[1]),
+            "buffer_from_texels: chunk at row {} differs from its upload",
+            chunk.row0
+        );
+    }
 }
 
 #[test]

@@ -1,10 +1,11 @@
 //! Token + position embedding over a wte split into row chunks (one storage binding cannot hold
 //! GPT-2's wte), for B right-padded sequences of T tokens. Its backward is a weight gradient
-//! (dwte, dwpe), which training needs and RA does not. Kernels: `shaders/embedding.wgsl`.
+//! (dwte, dwpe), which training needs and RA does not. Kernels: `shaders/embedding.wgsl`, and
+//! `shaders/embedding_texture.wgsl` for the forward reading wte's chunks from textures.
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{pipelines, with_storage, PlanBuilder, WeightFormat};
+use super::{pipelines, with_storage, PlanBuilder, TextureBinding, WeightFormat};
 use crate::gpu::GpuContext;
 
 #[repr(C)]
@@ -27,6 +28,21 @@ pub struct VocabChunk {
     pub buffer: wgpu::Buffer, // (rows, C)
     pub row0: usize,
     pub rows: usize,
+}
+
+/// The same row range of wte as a texture (row by row, `texel_at` layout), where inference
+/// engines on CPU adapters keep it (the lm_head reads it there too).
+pub struct WteChunk {
+    pub texture: TextureBinding,
+    pub row0: usize,
+    pub rows: usize,
+}
+
+/// Where the forward reads wte's chunks.
+pub enum WteSource<'a> {
+    Buffers(&'a [VocabChunk]),
+    /// Needs `Embedding::reads_textures`.
+    Textures(&'a [WteChunk]),
 }
 
 /// Rows of the batch grouped by token id (CSR), so the wte gradient reads only the rows of its
@@ -59,6 +75,8 @@ pub struct EmbeddingGrads<'a> {
 
 pub struct Embedding {
     forward: wgpu::ComputePipeline,
+    /// The forward reading wte from textures (CPU adapters, where the texture GEMMs run).
+    forward_texture: Option<wgpu::ComputePipeline>,
     token_backward: wgpu::ComputePipeline,
     position_backward: wgpu::ComputePipeline,
 }
@@ -77,21 +95,49 @@ impl Embedding {
             &source,
             ["embedding_forward", "token_backward", "position_backward"],
         );
+        let forward_texture = crate::layers::linear::texture_gemms_available(ctx).then(|| {
+            let texture_format = match format {
+                WeightFormat::F32 => "rgba32float",
+                WeightFormat::F16 => "rgba16float",
+            };
+            let source = [
+                include_str!("../../shaders/texel_layout.wgsl"),
+                &source,
+                &include_str!("../../shaders/embedding_texture.wgsl").replacen(
+                    "texture_storage_2d<rgba32float, read>",
+                    &format!("texture_storage_2d<{texture_format}, read>"),
+                    1,
+                ),
+            ]
+            .concat();
+            let [forward] = pipelines(
+                ctx,
+                "embedding_texture.wgsl",
+                &source,
+                ["embedding_forward_texture"],
+            );
+            forward
+        });
         Embedding {
             forward,
+            forward_texture,
             token_backward,
             position_backward,
         }
     }
 
+    /// Whether `forward` takes `WteSource::Textures` of rows of width `c`.
+    pub fn reads_textures(&self, c: usize) -> bool {
+        self.forward_texture.is_some() && c % 4 == 0
+    }
+
     /// out (B·T, C) = wte[ids] + wpe[row mod T]
-    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         plan: &mut PlanBuilder,
         out: &wgpu::Buffer,
         ids: &wgpu::Buffer,
-        wte: &[VocabChunk],
+        wte: WteSource,
         wpe: &wgpu::Buffer,
         (b, t, c): (usize, usize, usize),
     ) {
@@ -100,14 +146,33 @@ impl Embedding {
             rows <= 65_535,
             "B·T = {rows} rows exceed one dispatch dimension"
         );
-        for chunk in wte {
-            plan.dispatch(
-                "embedding_forward",
-                &self.forward,
-                &Self::params(chunk, (b, t, c), 0, 0),
-                &[(1, ids), (2, &chunk.buffer), (3, wpe), (4, out)],
-                [(c as u32).div_ceil(64), rows as u32, 1],
-            );
+        let buffers = [(1, ids), (3, wpe), (4, out)];
+        match wte {
+            WteSource::Buffers(chunks) => {
+                for chunk in chunks {
+                    plan.dispatch(
+                        "embedding_forward",
+                        &self.forward,
+                        &Self::params((chunk.row0, chunk.rows), (b, t, c), 0, 0),
+                        &[buffers.as_slice(), &[(2, &chunk.buffer)]].concat(),
+                        [(c as u32).div_ceil(64), rows as u32, 1],
+                    );
+                }
+            }
+            WteSource::Textures(chunks) => {
+                assert!(self.reads_textures(c), "no texture embedding for C = {c}");
+                let pipeline = self.forward_texture.as_ref().expect("reads_textures");
+                for chunk in chunks {
+                    plan.dispatch_with_textures(
+                        "embedding_forward",
+                        pipeline,
+                        &Self::params((chunk.row0, chunk.rows), (b, t, c), 0, 0),
+                        &buffers,
+                        &[(10, chunk.texture.clone())],
+                        [(c as u32 / 4).div_ceil(64), rows as u32, 1],
+                    );
+                }
+            }
         }
     }
 
@@ -125,7 +190,7 @@ impl Embedding {
             plan.dispatch(
                 "embedding_token_backward",
                 &self.token_backward,
-                &Self::params(chunk, (b, t, c), n_positions, flags),
+                &Self::params((chunk.row0, chunk.rows), (b, t, c), n_positions, flags),
                 &[
                     (5, g.dh),
                     (6, g.token_start),
@@ -139,14 +204,14 @@ impl Embedding {
         plan.dispatch(
             "embedding_position_backward",
             &self.position_backward,
-            &Self::params(first, (b, t, c), n_positions, 0),
+            &Self::params((first.row0, first.rows), (b, t, c), n_positions, 0),
             &[(5, g.dh), (9, g.dwpe)],
             [(c as u32).div_ceil(64), n_positions as u32, 1],
         );
     }
 
     fn params(
-        chunk: &VocabChunk,
+        (row0, vocab_rows): (usize, usize),
         (b, t, c): (usize, usize, usize),
         n_positions: usize,
         flags: u32,
@@ -154,8 +219,8 @@ impl Embedding {
         Params {
             t: t as u32,
             c: c as u32,
-            vocab_row0: chunk.row0 as u32,
-            vocab_rows: chunk.rows as u32,
+            vocab_row0: row0 as u32,
+            vocab_rows: vocab_rows as u32,
             rows: (b * t) as u32,
             n_positions: n_positions as u32,
             flags,

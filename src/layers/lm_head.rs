@@ -6,7 +6,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{pipelines, PlanBuilder, TextureBinding, WeightFormat};
+pub use super::embedding::WteChunk;
+use super::{pipelines, PlanBuilder, WeightFormat};
 use crate::gpu::GpuContext;
 
 /// Vocab rows per workgroup of the blocks kernel (`BLOCK_ROWS` in the shader).
@@ -41,14 +42,6 @@ pub fn blocks(chunk_rows: &[usize]) -> usize {
 /// Whether the fused kernels take rows of width `c` whose first element is at `x_off`.
 pub fn fits(c: usize, x_off: usize) -> bool {
     c % 4 == 0 && c <= MAX_C && x_off % 4 == 0
-}
-
-/// One chunk of wte as the kernels read it: its texture (row by row, `texel_at` layout), its
-/// first vocab row and its row count.
-pub struct WteChunk {
-    pub texture: TextureBinding,
-    pub row0: usize,
-    pub rows: usize,
 }
 
 /// What the fused lm_head reads and writes. R loss rows, NB = `blocks`, chunks = wte's chunks.
