@@ -140,9 +140,9 @@ struct GpuWeights {
     /// weights' format).
     wte_spans: Vec<(usize, usize, u64)>,
     /// The chunks as buffers. An inference engine on a CPU adapter keeps wte as textures only
-    /// (below) and makes these, copied from the textures, when a pass first needs them: the
-    /// lm_head at more than `LM_HEAD_STAGED_ROWS` loss rows. RA for a prompt never does, which
-    /// saves wte's size (147 MiB for GPT-2 in f32). Use `wte_buffers`.
+    /// (below; `WteStorage::Textures`) and makes these, copied from the textures, when a pass
+    /// first needs them: the lm_head at more than `LM_HEAD_STAGED_ROWS` loss rows. RA for a
+    /// prompt never does, which saves wte's size (147 MiB for GPT-2 in f32). Use `wte_buffers`.
     wte: OnceLock<Vec<VocabChunk>>,
     /// The same chunks as textures, row by row, for the embedding and the lm_head's one-row
     /// kernels (inference engines on CPU adapters; empty otherwise): no per-pass staging of wte.
@@ -360,9 +360,13 @@ impl GpuWeights {
         // an inference engine's embedding and lm_head read wte's chunks from textures (row by
         // row), and its buffers wait until a pass needs them (`wte_buffers`)
         let max_texels = crate::layers::max_scratch_texels(ctx);
-        let wte_textured = textures
-            && wte_fits_textures(wte_spans.iter().map(|&(_, rows, _)| rows), c, max_texels);
-        let wte = if wte_textured {
+        let storage = wte_storage(
+            textures,
+            wte_spans.iter().map(|&(_, rows, _)| rows),
+            c,
+            max_texels,
+        );
+        let wte = if storage == WteStorage::Textures {
             OnceLock::new()
         } else {
             let chunks = wte_spans
@@ -379,7 +383,7 @@ impl GpuWeights {
                 .collect::<Vec<VocabChunk>>();
             OnceLock::from(chunks)
         };
-        let wte_textures = if wte_textured {
+        let wte_textures = if storage != WteStorage::Buffers {
             wte_spans
                 .iter()
                 .map(|&(row0, rows, _)| {
@@ -462,17 +466,35 @@ fn texture_bytes(weights: usize, format: WeightFormat) -> u64 {
         * row
 }
 
-/// Whether wte's chunks of `chunk_rows` rows of `c` each fit a texture the kernels read (the
-/// embedding's texture kernel reads whole texels): then an inference engine on a CPU adapter
-/// keeps wte as textures only. The engine and the memory estimate ask this.
-fn wte_fits_textures(
+/// Where an engine keeps wte's chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WteStorage {
+    /// Buffers: training, and adapters without the texture kernels.
+    Buffers,
+    /// Textures for the lm_head and buffers for the embedding: rows of C not a multiple of 4,
+    /// which the embedding's texture kernel does not read.
+    BuffersAndTextures,
+    /// Textures only, buffers copied from them when a pass first needs them
+    /// (`GpuWeights::wte_buffers`).
+    Textures,
+}
+
+/// Where an engine whose Conv1D weights are `textures` (or not) keeps wte's chunks of
+/// `chunk_rows` rows of `c`: textures need every chunk to fit one. The engine and the memory
+/// estimate ask this.
+fn wte_storage(
+    textures: bool,
     mut chunk_rows: impl Iterator<Item = usize>,
     c: usize,
     max_texels: u64,
-) -> bool {
-    c % 4 == 0
-        && chunk_rows
-            .all(|rows| crate::layers::linear::staged_weight_texels(rows * c, max_texels).is_some())
+) -> WteStorage {
+    let fit = chunk_rows
+        .all(|rows| crate::layers::linear::staged_weight_texels(rows * c, max_texels).is_some());
+    match (textures && fit, c % 4 == 0) {
+        (false, _) => WteStorage::Buffers,
+        (true, false) => WteStorage::BuffersAndTextures,
+        (true, true) => WteStorage::Textures,
+    }
 }
 
 /// Rows per wte chunk: as many as one binding holds, a multiple of 64 rows.
@@ -1442,17 +1464,18 @@ impl MemoryEstimate {
         } else {
             vectors.iter().chain(&matrices).copied().collect()
         };
-        // every wte chunk fits a texture: the lm_head may run fused, and an inference engine
-        // keeps wte as textures only (`wte_fits_textures`)
+        // every wte chunk fits a texture: the lm_head may run fused
         let chunks_fit = limits.scratch_texels.is_some_and(|max_texels| {
             chunk_sizes
                 .iter()
                 .all(|&n| crate::layers::linear::staged_weight_texels(n, max_texels).is_some())
         });
-        let wte_textured = textured
-            && limits.scratch_texels.is_some_and(|max_texels| {
-                wte_fits_textures(chunk_lens.iter().copied(), c, max_texels)
+        let storage = limits
+            .scratch_texels
+            .map_or(WteStorage::Buffers, |max_texels| {
+                wte_storage(textured, chunk_lens.iter().copied(), c, max_texels)
             });
+        let wte_textured = storage != WteStorage::Buffers;
         // as `mlp_through_texture` decides for one prompt
         let mlp_tex = textured
             && limits
@@ -1468,7 +1491,7 @@ impl MemoryEstimate {
         let fused = chunks_fit && rows <= LM_HEAD_STAGED_ROWS && lm_head::fits(c, 0);
         // wte's buffers: an engine that keeps wte as textures makes them for the unfused
         // lm_head only (`GpuWeights::wte_buffers`)
-        let wte: Vec<u64> = if wte_textured && fused {
+        let wte: Vec<u64> = if storage == WteStorage::Textures && fused {
             Vec::new()
         } else {
             wte
