@@ -158,7 +158,7 @@ pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
         gemms
     };
     println!(
-        "\nRA latency: forward + backward + RA readback, all {} heads, nll loss, {} warm runs",
+        "\nRA latency: forward + backward + RA readback, all {} heads, nll loss, {} warm runs (round-robin over the lengths)",
         cfg.n_layer * cfg.n_head,
         args.runs
     );
@@ -170,31 +170,45 @@ pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
         attention: false,
         ..Readback::default()
     };
-    let mut rows = Vec::new();
-    for &t in &args.seq_lens {
-        let seq = synthetic_sequence(t, cfg.vocab_size);
+    // Each length's cold run in the order given, its peak RSS read right after (so with lengths
+    // in increasing order, before any longer one has run); then the warm runs round-robin over
+    // the lengths, every workspace kept, so that the lengths' times (and their ratios, below)
+    // come from the same stretches of a noisy host.
+    engine.keep_workspaces(args.seq_lens.len());
+    let seqs: Vec<Sequence> = args
+        .seq_lens
+        .iter()
+        .map(|&t| synthetic_sequence(t, cfg.vocab_size))
+        .collect();
+    let mut cold = Vec::new();
+    for seq in &seqs {
         let start = Instant::now();
-        engine.run(&seq, &ForwardOptions::default(), readback)?;
-        let cold_ms = start.elapsed().as_secs_f64() * 1e3;
-        let mut total = Vec::new();
-        let mut stages: Vec<PassTimings> = Vec::new();
-        for _ in 0..args.runs {
+        engine.run(seq, &ForwardOptions::default(), readback)?;
+        cold.push((start.elapsed().as_secs_f64() * 1e3, peak_rss_mib()));
+    }
+    let mut totals: Vec<Vec<f64>> = vec![Vec::new(); seqs.len()];
+    let mut stages: Vec<Vec<PassTimings>> = vec![Vec::new(); seqs.len()];
+    for _ in 0..args.runs {
+        for (i, seq) in seqs.iter().enumerate() {
             let start = Instant::now();
-            let out = engine.run(&seq, &ForwardOptions::default(), readback)?;
-            total.push(start.elapsed().as_secs_f64() * 1e3);
-            stages.push(out.timings);
+            let out = engine.run(seq, &ForwardOptions::default(), readback)?;
+            totals[i].push(start.elapsed().as_secs_f64() * 1e3);
+            stages[i].push(out.timings);
         }
+    }
+    let mut rows = Vec::new();
+    for (i, &t) in args.seq_lens.iter().enumerate() {
         let pick =
-            |f: fn(&PassTimings) -> f64| median(&mut stages.iter().map(f).collect::<Vec<_>>());
+            |f: fn(&PassTimings) -> f64| median(&mut stages[i].iter().map(f).collect::<Vec<_>>());
         let row = LatencyRow {
             t,
-            cold_ms,
-            warm_min_ms: total.iter().copied().fold(f64::INFINITY, f64::min),
-            warm_median_ms: median(&mut total),
+            cold_ms: cold[i].0,
+            warm_min_ms: totals[i].iter().copied().fold(f64::INFINITY, f64::min),
+            warm_median_ms: median(&mut totals[i].clone()),
             prepare_ms: pick(|s| s.prepare_ms),
             compute_ms: pick(|s| s.compute_ms),
             readback_ms: pick(|s| s.readback_ms),
-            peak_rss_mib: peak_rss_mib(),
+            peak_rss_mib: cold[i].1,
         };
         println!(
             "{:>6} {:>10.1} {:>12.1} {:>10.1} {:>10.2} {:>10.1} {:>10.2} {:>10.0}",
@@ -209,6 +223,27 @@ pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
         );
         rows.push(row);
     }
+    // How the time grows from one length to the next: the ratio within each round, so that both
+    // sides of a ratio see the same stretch of the host.
+    let mut growth = Vec::new();
+    for i in 1..seqs.len() {
+        let mut ratios: Vec<f64> = totals[i]
+            .iter()
+            .zip(&totals[i - 1])
+            .map(|(long, short)| long / short)
+            .collect();
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::INFINITY, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        let (from, to) = (args.seq_lens[i - 1], args.seq_lens[i]);
+        let med = median(&mut ratios);
+        println!(
+            "T = {from} → {to}: {med:.2}× the time (median of {} rounds; {lo:.2}–{hi:.2})",
+            ratios.len()
+        );
+        growth.push(json!({ "from": from, "to": to, "median": med, "min": lo, "max": hi }));
+    }
+    engine.keep_workspaces(1);
     let (ra_profile, batched) = if args.latency_only {
         (None, None)
     } else {
@@ -234,6 +269,7 @@ pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
             "gemm_t": gemm_t,
             "gemms": gemms,
             "ra_latency": rows,
+            "ra_growth": growth,
         });
         let tmp = path.with_extension("json.tmp");
         std::fs::write(

@@ -520,3 +520,59 @@ fn init_writes_a_loadable_deterministic_model() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("expected gpt2"));
     assert!(!tmp.path().join("bad").exists());
 }
+
+/// `bench --latency-only --json` on a fixture: one latency row per length (warm medians within
+/// the warm runs' range, RSS recorded), and the growth between consecutive lengths, from the
+/// same rounds, consistent with those runs.
+#[test]
+fn bench_writes_latency_rows_and_growth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json_path = tmp.path().join("bench.json");
+    let model = fixture("tiny-bpe");
+    let o = revattn(&[
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--seq",
+        "8,24,40",
+        "--runs",
+        "3",
+        "--latency-only",
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("T = 24 → 40:"), "no growth line:\n{stdout}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let rows = doc["ra_latency"].as_array().unwrap();
+    let lengths: Vec<u64> = rows.iter().map(|r| r["t"].as_u64().unwrap()).collect();
+    assert_eq!(lengths, [8, 24, 40]);
+    for r in rows {
+        let (min, med) = (
+            r["warm_min_ms"].as_f64().unwrap(),
+            r["warm_median_ms"].as_f64().unwrap(),
+        );
+        assert!(
+            min > 0.0 && min <= med,
+            "warm min {min} ms, median {med} ms"
+        );
+        assert!(r["peak_rss_mib"].as_f64().unwrap() > 0.0);
+    }
+    let growth = doc["ra_growth"].as_array().unwrap();
+    assert_eq!(growth.len(), 2);
+    for g in growth {
+        let (lo, med, hi) = (
+            g["min"].as_f64().unwrap(),
+            g["median"].as_f64().unwrap(),
+            g["max"].as_f64().unwrap(),
+        );
+        assert!(0.0 < lo && lo <= med && med <= hi, "growth {g}");
+    }
+    assert!(!tmp.path().join("bench.json.tmp").exists());
+}
