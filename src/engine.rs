@@ -135,14 +135,24 @@ struct GpuLayer {
     fc_proj_b: wgpu::Buffer,   // (C)
 }
 
+/// A row range of wte (V, C): one chunk of `GpuWeights`' wte buffers and textures.
+#[derive(Debug, Clone, Copy)]
+struct VocabSpan {
+    row0: usize,
+    rows: usize,
+    /// rows · C weights in the weights' format
+    bytes: u64,
+}
+
 struct GpuWeights {
-    /// wte's row chunks (V, C), each fitting one binding: (first row, rows, bytes in the
-    /// weights' format).
-    wte_spans: Vec<(usize, usize, u64)>,
+    /// wte's row chunks, each fitting one binding.
+    wte_spans: Vec<VocabSpan>,
     /// The chunks as buffers. An inference engine on a CPU adapter keeps wte as textures only
-    /// (below; `WteStorage::Textures`) and makes these, copied from the textures, when a pass
-    /// first needs them: the lm_head at more than `LM_HEAD_STAGED_ROWS` loss rows. RA for a
-    /// prompt never does, which saves wte's size (147 MiB for GPT-2 in f32). Use `wte_buffers`.
+    /// (below; `wte_in_textures`) and makes these, copied from the textures, when a pass first
+    /// needs them: the lm_head at more than `LM_HEAD_STAGED_ROWS` loss rows (a long
+    /// teacher-forced target, a batch). RA at fewer loss rows (`nll`, `logit-diff`, a short `ce`
+    /// target) never does, which saves wte's size (147 MiB for GPT-2 in f32). Once made they are
+    /// kept: the next such pass would copy them again. Use `wte_buffers`.
     wte: OnceLock<Vec<VocabChunk>>,
     /// The same chunks as textures, row by row, for the embedding and the lm_head's one-row
     /// kernels (inference engines on CPU adapters; empty otherwise): no per-pass staging of wte.
@@ -197,16 +207,11 @@ impl GpuWeights {
         self.wte.get_or_init(|| {
             self.wte_spans
                 .iter()
-                .zip(&self.wte_textures)
-                .map(|(&(row0, rows, bytes), texture)| {
-                    let Matrix::Texture { view, .. } = texture else {
-                        unreachable!("wte's textures are textures")
-                    };
-                    VocabChunk {
-                        buffer: ctx.buffer_from_texels("wte chunk", view, bytes),
-                        row0,
-                        rows,
-                    }
+                .zip(self.wte_views())
+                .map(|(span, view)| VocabChunk {
+                    buffer: ctx.buffer_from_texels("wte chunk", view, span.bytes),
+                    row0: span.row0,
+                    rows: span.rows,
                 })
                 .collect()
         })
@@ -217,18 +222,20 @@ impl GpuWeights {
     fn wte_texture_chunks(&self) -> Vec<WteChunk> {
         self.wte_spans
             .iter()
-            .zip(&self.wte_textures)
-            .map(|(&(row0, rows, _), texture)| {
-                let Matrix::Texture { view, .. } = texture else {
-                    unreachable!("wte's textures are textures")
-                };
-                WteChunk {
-                    texture: TextureBinding::View(view.clone()),
-                    row0,
-                    rows,
-                }
+            .zip(self.wte_views())
+            .map(|(span, view)| WteChunk {
+                texture: TextureBinding::View(view.clone()),
+                row0: span.row0,
+                rows: span.rows,
             })
             .collect()
+    }
+
+    fn wte_views(&self) -> impl Iterator<Item = &wgpu::TextureView> {
+        self.wte_textures.iter().map(|texture| match texture {
+            Matrix::Texture { view, .. } => view,
+            Matrix::Buffer(_) => unreachable!("wte's textures are textures"),
+        })
     }
 
     /// Every parameter buffer in `Weights::named` order (wte as one buffer: training requires a
@@ -247,7 +254,7 @@ impl GpuWeights {
         out
     }
 
-    /// Bytes of every buffer and texture, wte chunks included.
+    /// Bytes of every buffer and texture, wte's chunks included (its buffers once made).
     fn bytes(&self) -> u64 {
         let wte: u64 = self.wte.get().map_or(0, |chunks| {
             chunks.iter().map(|c| c.buffer.size()).sum::<u64>()
@@ -284,15 +291,18 @@ impl GpuWeights {
             wte_spans: w
                 .wte_spans
                 .iter()
-                .map(|&(row0, rows, _)| (row0, rows, (4 * rows * c) as u64))
+                .map(|span| VocabSpan {
+                    bytes: (4 * span.rows * c) as u64,
+                    ..*span
+                })
                 .collect(),
             wte: OnceLock::from(
                 w.wte_spans
                     .iter()
-                    .map(|&(row0, rows, _)| VocabChunk {
-                        buffer: ctx.storage("grad wte chunk", (4 * rows * c) as u64),
-                        row0,
-                        rows,
+                    .map(|span| VocabChunk {
+                        buffer: ctx.storage("grad wte chunk", (4 * span.rows * c) as u64),
+                        row0: span.row0,
+                        rows: span.rows,
                     })
                     .collect::<Vec<_>>(),
             ),
@@ -350,44 +360,42 @@ impl GpuWeights {
         let c = model.config.n_embd;
         let max_rows = vocab_chunk_rows(ctx.max_binding_bytes(), c, format);
         let v = model.config.vocab_size;
-        let wte_spans: Vec<(usize, usize, u64)> = (0..v)
+        let wte_spans: Vec<VocabSpan> = (0..v)
             .step_by(max_rows)
             .map(|row0| {
                 let rows = max_rows.min(v - row0);
-                (row0, rows, (rows * c * format.bytes_per_weight()) as u64)
+                let bytes = (rows * c * format.bytes_per_weight()) as u64;
+                VocabSpan { row0, rows, bytes }
             })
             .collect();
+        let rows_of = |span: &VocabSpan| &w.wte.data()[span.row0 * c..(span.row0 + span.rows) * c];
         // an inference engine's embedding and lm_head read wte's chunks from textures (row by
         // row), and its buffers wait until a pass needs them (`wte_buffers`)
         let max_texels = crate::layers::max_scratch_texels(ctx);
-        let storage = wte_storage(
+        let in_textures = wte_in_textures(
             textures,
-            wte_spans.iter().map(|&(_, rows, _)| rows),
+            wte_spans.iter().map(|span| span.rows),
             c,
             max_texels,
         );
-        let wte = if storage == WteStorage::Textures {
+        let wte = if in_textures {
             OnceLock::new()
         } else {
             let chunks = wte_spans
                 .iter()
-                .map(|&(row0, rows, _)| VocabChunk {
-                    buffer: store(
-                        "wte chunk",
-                        &w.wte.data()[row0 * c..(row0 + rows) * c],
-                        format,
-                    ),
-                    row0,
-                    rows,
+                .map(|span| VocabChunk {
+                    buffer: store("wte chunk", rows_of(span), format),
+                    row0: span.row0,
+                    rows: span.rows,
                 })
                 .collect::<Vec<VocabChunk>>();
             OnceLock::from(chunks)
         };
-        let wte_textures = if storage != WteStorage::Buffers {
+        let wte_textures = if in_textures {
             wte_spans
                 .iter()
-                .map(|&(row0, rows, _)| {
-                    let data = &w.wte.data()[row0 * c..(row0 + rows) * c];
+                .map(|span| {
+                    let data = rows_of(span);
                     let texel_format = crate::layers::linear::texel_format(format);
                     let view = match format {
                         WeightFormat::F32 => {
@@ -466,35 +474,22 @@ fn texture_bytes(weights: usize, format: WeightFormat) -> u64 {
         * row
 }
 
-/// Where an engine keeps wte's chunks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WteStorage {
-    /// Buffers: training, and adapters without the texture kernels.
-    Buffers,
-    /// Textures for the lm_head and buffers for the embedding: rows of C not a multiple of 4,
-    /// which the embedding's texture kernel does not read.
-    BuffersAndTextures,
-    /// Textures only, buffers copied from them when a pass first needs them
-    /// (`GpuWeights::wte_buffers`).
-    Textures,
-}
-
-/// Where an engine whose Conv1D weights are `textures` (or not) keeps wte's chunks of
-/// `chunk_rows` rows of `c`: textures need every chunk to fit one. The engine and the memory
-/// estimate ask this.
-fn wte_storage(
+/// Whether an engine whose Conv1D weights are in `textures` (an inference engine on a CPU
+/// adapter) keeps wte's chunks of `chunk_rows` rows of `c` as textures only, its buffers made from
+/// them when a pass first needs them (`GpuWeights::wte_buffers`); otherwise wte is buffers only.
+/// Every chunk must fit a texture, and rows must be whole texels (the embedding's texture
+/// kernel; `weights_fit_textures` already asks C % 4 = 0 of texture engines). The engine and the
+/// memory estimate ask this.
+fn wte_in_textures(
     textures: bool,
     mut chunk_rows: impl Iterator<Item = usize>,
     c: usize,
     max_texels: u64,
-) -> WteStorage {
-    let fit = chunk_rows
-        .all(|rows| crate::layers::linear::staged_weight_texels(rows * c, max_texels).is_some());
-    match (textures && fit, c % 4 == 0) {
-        (false, _) => WteStorage::Buffers,
-        (true, false) => WteStorage::BuffersAndTextures,
-        (true, true) => WteStorage::Textures,
-    }
+) -> bool {
+    textures
+        && c % 4 == 0
+        && chunk_rows
+            .all(|rows| crate::layers::linear::staged_weight_texels(rows * c, max_texels).is_some())
 }
 
 /// Rows per wte chunk: as many as one binding holds, a multiple of 64 rows.
@@ -665,8 +660,8 @@ fn fused_lm_head(
         && !key.weight_grads
         && key.rows.len() <= LM_HEAD_STAGED_ROWS
         && lm_head::fits(c, x_off)
-        && w.wte_spans.iter().all(|&(_, rows, _)| {
-            crate::layers::linear::staged_weight_texels(rows * c, max_texels).is_some()
+        && w.wte_spans.iter().all(|span| {
+            crate::layers::linear::staged_weight_texels(span.rows * c, max_texels).is_some()
         })
 }
 
@@ -731,7 +726,7 @@ impl Workspace {
         let top = key.top_rows().is_some();
         let fused = fused_lm_head(ctx, k, w, cfg, &key);
         let mlp_tex = mlp_through_texture(ctx, k, w, cfg, &key);
-        let chunk_rows: Vec<usize> = w.wte_spans.iter().map(|&(_, rows, _)| rows).collect();
+        let chunk_rows: Vec<usize> = w.wte_spans.iter().map(|span| span.rows).collect();
         let nb = lm_head::blocks(&chunk_rows);
         // the fused kernels' sums, when they run (and the backward's only with it)
         let partial = |floats: usize, with_backward: bool| {
@@ -975,10 +970,10 @@ impl Workspace {
                 .wte_spans
                 .iter()
                 .zip(&staged_wte)
-                .map(|(&(row0, rows, _), staged)| WteChunk {
+                .map(|(span, staged)| WteChunk {
                     texture: staged.clone().expect("fused_lm_head checks the textures"),
-                    row0,
-                    rows,
+                    row0: span.row0,
+                    rows: span.rows,
                 })
                 .collect();
             let buffers = LmHeadBuffers {
@@ -1470,12 +1465,9 @@ impl MemoryEstimate {
                 .iter()
                 .all(|&n| crate::layers::linear::staged_weight_texels(n, max_texels).is_some())
         });
-        let storage = limits
-            .scratch_texels
-            .map_or(WteStorage::Buffers, |max_texels| {
-                wte_storage(textured, chunk_lens.iter().copied(), c, max_texels)
-            });
-        let wte_textured = storage != WteStorage::Buffers;
+        let wte_textured = limits.scratch_texels.is_some_and(|max_texels| {
+            wte_in_textures(textured, chunk_lens.iter().copied(), c, max_texels)
+        });
         // as `mlp_through_texture` decides for one prompt
         let mlp_tex = textured
             && limits
@@ -1491,7 +1483,7 @@ impl MemoryEstimate {
         let fused = chunks_fit && rows <= LM_HEAD_STAGED_ROWS && lm_head::fits(c, 0);
         // wte's buffers: an engine that keeps wte as textures makes them for the unfused
         // lm_head only (`GpuWeights::wte_buffers`)
-        let wte: Vec<u64> = if storage == WteStorage::Textures && fused {
+        let wte: Vec<u64> = if wte_textured && fused {
             Vec::new()
         } else {
             wte

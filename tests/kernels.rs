@@ -778,7 +778,8 @@ fn gelu_forward_and_backward_match_reference() {
 
 /// The embedding over 3 vocab chunks, wte in buffers (C odd) and, on CPU adapters, in textures
 /// (inference engines keep it there); and the buffers `buffer_from_texels` makes from those
-/// textures, byte for byte the buffers the engine would upload.
+/// textures, byte for byte the buffers the engine would upload: chunks of less than one texture
+/// row (1024 texels) and of more (whole rows, then part of one).
 #[test]
 fn embedding_over_vocab_chunks_matches_reference() {
     let ctx = gpu();
@@ -801,13 +802,24 @@ fn check_embedding(
     textures: bool,
 ) {
     let mut rng = Rng(5);
-    let (v, p, t) = (150, 20, 11);
+    let (v, ranges) = if textures {
+        // C = 12: 1200, 1344 and 156 texels
+        (900, [(0, 400), (400, 448), (848, 52)])
+    } else {
+        (150, [(0, 64), (64, 64), (128, 22)])
+    };
+    let (p, t) = (20, 11);
     let wte = upload_weights(ctx, &rng.vec(v * c, 1.0), format).1;
     let wpe = rng.vec(p * c, 1.0);
     let ids: Vec<u32> = (0..t)
-        .map(|i| if i == 0 { 149 } else { rng.below(v) as u32 })
+        .map(|i| {
+            if i == 0 {
+                v as u32 - 1
+            } else {
+                rng.below(v) as u32
+            }
+        })
         .collect();
-    let ranges = [(0, 64), (64, 64), (128, 22)];
     let chunks: Vec<VocabChunk> = ranges
         .iter()
         .map(|&(row0, rows)| VocabChunk {
