@@ -80,7 +80,8 @@ enum Command {
         weights: WeightFormat,
     },
     /// Time RA (forward + backward + RA readback, all heads, nll loss) per sequence length:
-    /// cold first run and warm median, with peak host memory.
+    /// cold first run and warm median, with peak host memory, and how the time grows from one
+    /// length to the next (warm runs go round-robin over the lengths).
     Bench {
         /// HF GPT-2 directory; default: the embedded model.
         #[arg(long)]
@@ -88,7 +89,8 @@ enum Command {
         /// Sequence lengths to time.
         #[arg(long, value_delimiter = ',', default_values_t = [16usize, 64, 256])]
         seq: Vec<usize>,
-        /// Warm runs per length (the median is reported).
+        /// Warm runs per length (the median is reported); also the rounds of the RA pass's
+        /// overhead profile.
         #[arg(long, default_value_t = 5)]
         runs: usize,
         /// Also write the results as JSON here.
