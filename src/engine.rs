@@ -231,6 +231,7 @@ impl GpuWeights {
             .collect()
     }
 
+    /// wte's chunks' textures (none unless the engine keeps wte as textures).
     fn wte_views(&self) -> impl Iterator<Item = &wgpu::TextureView> {
         self.wte_textures.iter().map(|texture| match texture {
             Matrix::Texture { view, .. } => view,
