@@ -483,14 +483,23 @@ fn texture_bytes(weights: usize, format: WeightFormat) -> u64 {
 /// memory estimate ask this.
 fn wte_in_textures(
     textures: bool,
-    mut chunk_rows: impl Iterator<Item = usize>,
+    chunk_rows: impl IntoIterator<Item = usize>,
     c: usize,
     max_texels: u64,
 ) -> bool {
-    textures
-        && c % 4 == 0
-        && chunk_rows
-            .all(|rows| crate::layers::linear::staged_weight_texels(rows * c, max_texels).is_some())
+    textures && c % 4 == 0 && wte_chunks_fit_textures(chunk_rows, c, max_texels)
+}
+
+/// Whether every wte chunk of `chunk_rows` rows of `c` fits one texture (as staged or kept
+/// weights): what the fused lm_head and an engine keeping wte in textures need.
+fn wte_chunks_fit_textures(
+    chunk_rows: impl IntoIterator<Item = usize>,
+    c: usize,
+    max_texels: u64,
+) -> bool {
+    chunk_rows
+        .into_iter()
+        .all(|rows| crate::layers::linear::staged_weight_texels(rows * c, max_texels).is_some())
 }
 
 /// Rows per wte chunk: as many as one binding holds, a multiple of 64 rows.
@@ -661,9 +670,7 @@ fn fused_lm_head(
         && !key.weight_grads
         && key.rows.len() <= LM_HEAD_STAGED_ROWS
         && lm_head::fits(c, x_off)
-        && w.wte_spans.iter().all(|span| {
-            crate::layers::linear::staged_weight_texels(span.rows * c, max_texels).is_some()
-        })
+        && wte_chunks_fit_textures(w.wte_spans.iter().map(|span| span.rows), c, max_texels)
 }
 
 /// Whether a plan for `key` passes the MLP's hidden activation gelu(x·W_fc + b_fc) (N, F) from c_fc
@@ -1462,9 +1469,7 @@ impl MemoryEstimate {
         };
         // every wte chunk fits a texture: the lm_head may run fused
         let chunks_fit = limits.scratch_texels.is_some_and(|max_texels| {
-            chunk_sizes
-                .iter()
-                .all(|&n| crate::layers::linear::staged_weight_texels(n, max_texels).is_some())
+            wte_chunks_fit_textures(chunk_lens.iter().copied(), c, max_texels)
         });
         let wte_textured = limits.scratch_texels.is_some_and(|max_texels| {
             wte_in_textures(textured, chunk_lens.iter().copied(), c, max_texels)
