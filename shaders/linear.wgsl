@@ -12,7 +12,9 @@
 // the inner loop free of branches.
 
 struct Params {
-    m: u32, n: u32, k: u32, _pad0: u32,
+    m: u32, n: u32, k: u32,
+    k_slice: u32, // linear_tiled.wgsl: K per slice of a GEMM split along K, 0 = not split
+
     lda: u32, ldb: u32, ldc: u32, _pad1: u32,
     a_off: u32, b_off: u32, c_off: u32, _pad2: u32,
 }

@@ -85,6 +85,11 @@ impl Kernels {
     pub fn weight_gemms(&self) -> &Linear {
         self.weight_linear.as_ref().unwrap_or(&self.linear)
     }
+
+    /// Bytes the kernels hold on the adapter for the engine's lifetime.
+    pub fn held_bytes(&self) -> u64 {
+        self.linear.held_bytes() + self.weight_linear.as_ref().map_or(0, Linear::held_bytes)
+    }
 }
 
 /// A Conv1D weight matrix on the adapter, in the weights' format.
@@ -1391,6 +1396,8 @@ fn scratch_texture_bytes(
 /// rounded to 16 bytes, textures to whole rows).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MemoryEstimate {
+    /// The weights, and what the kernels hold for the engine's lifetime (the tiled GEMMs'
+    /// partial products on real GPUs).
     pub weights: u64,
     pub workspace: u64,
     /// The largest single buffer (an adapter limits each buffer, not only the total).
@@ -1403,6 +1410,8 @@ pub struct MemoryEstimate {
 pub struct AdapterLimits {
     pub max_binding: u64,
     pub scratch_texels: Option<u64>,
+    /// The GEMMs are the tiled kernels, each instance holding a buffer of partial products.
+    pub tiled_gemms: bool,
 }
 
 impl AdapterLimits {
@@ -1411,6 +1420,7 @@ impl AdapterLimits {
             max_binding: ctx.max_binding_bytes(),
             scratch_texels: crate::layers::linear::texture_gemms_available(ctx)
                 .then(|| crate::layers::max_scratch_texels(ctx)),
+            tiled_gemms: crate::layers::linear::tiled_gemms_chosen(ctx),
         }
     }
 }
@@ -1494,11 +1504,19 @@ impl MemoryEstimate {
         } else {
             wte
         };
+        // the tiled GEMMs' partial products: one buffer per Linear (`Kernels::held_bytes`)
+        let linear_instances = 1 + u64::from(weight_format != WeightFormat::F32);
+        let gemm_partials = if limits.tiled_gemms {
+            linear_instances * crate::layers::linear::SPLIT_K_PARTIAL_BYTES
+        } else {
+            0
+        };
         let weights_bytes = wte.iter().sum::<u64>()
             + wte_textures
             + b(cfg.n_positions * c)
             + nl as u64 * (vectors.iter().sum::<u64>() + matrices.iter().sum::<u64>())
-            + 2 * b(c);
+            + 2 * b(c)
+            + gemm_partials;
         let nb = lm_head::blocks(&chunk_lens);
         let partial = |floats: usize, with_backward: bool| {
             b(if fused && (backward || !with_backward) {
@@ -1933,7 +1951,7 @@ impl Engine {
     /// Bytes of every GPU buffer the engine holds: weights, gradients and optimizer-free
     /// training buffers, and the cached workspaces (activations, maps).
     pub fn gpu_bytes(&self) -> u64 {
-        let weights = self.weights.bytes();
+        let weights = self.weights.bytes() + self.kernels.held_bytes();
         let grads: u64 = self.grads.as_ref().map_or(0, GpuWeights::bytes);
         let workspaces: u64 = self.workspaces.iter().map(|ws| ws.bytes).sum();
         weights + grads + workspaces
