@@ -39,6 +39,9 @@ impl BackendChoice {
 /// with 16384 rows (the usual 2-D limit) a texture holds 64 M values, a GPT-2 wte chunk.
 pub const TEXTURE_ROW_TEXELS: u64 = 1024;
 
+/// The most a readback copies through its staging buffer at a time (`read_f32_groups`).
+pub const READBACK_CHUNK_BYTES: u64 = 256 << 20;
+
 pub const NO_ADAPTER_HELP: &str = "no usable GPU adapter found; on Linux without a GPU install \
 lavapipe (software Vulkan): apt-get install -y mesa-vulkan-drivers libvulkan1, or try --backend gl";
 
@@ -411,57 +414,107 @@ impl GpuContext {
 
     /// Like `read_f32`, with each group's buffers concatenated into one vector, copied once
     /// from the mapped staging memory (R of every layer comes back as one (L, NH, T, T) vector).
+    /// Reads of more than `READBACK_CHUNK_BYTES` go through the staging buffer in chunks: R of
+    /// GPT-2 XL at T = 1024 (5 GB) is larger than any one buffer an adapter allows.
     pub fn read_f32_groups(&self, groups: &[&[(&wgpu::Buffer, usize)]]) -> Result<Vec<Vec<f32>>> {
+        self.read_f32_groups_in_chunks(groups, READBACK_CHUNK_BYTES)
+    }
+
+    /// `read_f32_groups` with at most `max_chunk` bytes (a multiple of 8) through the staging
+    /// buffer at a time.
+    pub fn read_f32_groups_in_chunks(
+        &self,
+        groups: &[&[(&wgpu::Buffer, usize)]],
+        max_chunk: u64,
+    ) -> Result<Vec<Vec<f32>>> {
+        assert!(
+            max_chunk >= 8 && max_chunk % 8 == 0,
+            "readback chunks are whole multiples of wgpu's map alignment (8 bytes)"
+        );
         let counts: Vec<usize> = groups
             .iter()
             .map(|g| g.iter().map(|(_, n)| n).sum())
             .collect();
         let total = counts.iter().sum::<usize>() as u64 * 4;
+        let mut out: Vec<Vec<f32>> = counts.iter().map(|&n| Vec::with_capacity(n)).collect();
         if total == 0 {
-            return Ok(groups.iter().map(|_| Vec::new()).collect());
+            return Ok(out);
         }
+        let chunk = total.min(max_chunk.min(self.limits.max_buffer_size) & !7);
         // Reuse the last staging buffer if it fits and is not more than twice the size needed
         // (so one large read does not pin its buffer for every small one after it).
         let mut cached = self.readback.lock().unwrap_or_else(|e| e.into_inner());
         let staging = match cached.take() {
-            Some(b) if b.size() >= total && b.size() <= 2 * total => b,
+            Some(b) if b.size() >= chunk && b.size() <= 2 * chunk => b,
             _ => self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),
-                size: total,
+                size: chunk,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }),
         };
-        let mut enc = self.device.create_command_encoder(&Default::default());
-        let mut offset = 0u64;
+        // Every source buffer's byte span [start, end) in the concatenated stream, and the stream
+        // offset where each group's vector ends.
+        let mut sources = Vec::new();
+        let mut at = 0u64;
         for (buf, n) in groups.iter().flat_map(|g| g.iter()) {
-            let bytes = (*n as u64) * 4;
-            if bytes > 0 {
-                enc.copy_buffer_to_buffer(buf, 0, &staging, offset, bytes);
+            sources.push((*buf, at, at + 4 * *n as u64));
+            at += 4 * *n as u64;
+        }
+        let group_ends: Vec<u64> = counts
+            .iter()
+            .scan(0u64, |end, &n| {
+                *end += 4 * n as u64;
+                Some(*end)
+            })
+            .collect();
+        let mut chunk_start = 0u64;
+        while chunk_start < total {
+            let chunk_end = (chunk_start + chunk).min(total);
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            for &(buf, start, end) in &sources {
+                let (from, to) = (start.max(chunk_start), end.min(chunk_end));
+                if from < to {
+                    enc.copy_buffer_to_buffer(
+                        buf,
+                        from - start,
+                        &staging,
+                        from - chunk_start,
+                        to - from,
+                    );
+                }
             }
-            offset += bytes;
+            self.queue.submit([enc.finish()]);
+            let len = chunk_end - chunk_start;
+            let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
+            staging
+                .slice(..len)
+                .map_async(wgpu::MapMode::Read, move |r| {
+                    tx.send(r).ok();
+                });
+            self.wait()?;
+            pollster::block_on(rx.receive())
+                .ok_or_else(|| Error::Gpu("readback channel closed".into()))?
+                .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+            {
+                let view = staging
+                    .get_mapped_range(..len)
+                    .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+                let floats: &[f32] = bytemuck::cast_slice(&view);
+                // append the chunk's part of each group's span to that group's vector
+                let mut group_start = 0u64;
+                for (vector, &group_end) in out.iter_mut().zip(&group_ends) {
+                    let (from, to) = (group_start.max(chunk_start), group_end.min(chunk_end));
+                    if from < to {
+                        let (i, j) = ((from - chunk_start) / 4, (to - chunk_start) / 4);
+                        vector.extend_from_slice(&floats[i as usize..j as usize]);
+                    }
+                    group_start = group_end;
+                }
+            }
+            staging.unmap();
+            chunk_start = chunk_end;
         }
-        self.queue.submit([enc.finish()]);
-        let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            tx.send(r).ok();
-        });
-        self.wait()?;
-        pollster::block_on(rx.receive())
-            .ok_or_else(|| Error::Gpu("readback channel closed".into()))?
-            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
-        let view = staging
-            .get_mapped_range(..)
-            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
-        let all: &[f32] = bytemuck::cast_slice(&view);
-        let mut out = Vec::with_capacity(groups.len());
-        let mut at = 0usize;
-        for n in counts {
-            out.push(all[at..at + n].to_vec());
-            at += n;
-        }
-        drop(view);
-        staging.unmap();
         *cached = Some(staging);
         self.check("readback")?;
         Ok(out)
