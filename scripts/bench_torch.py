@@ -2,7 +2,7 @@
 """PyTorch (CPU) baseline for `revattn bench`: Reversed-Attention latency and batched forward throughput.
 
     python3 scripts/bench_torch.py --model DIR [--seq 16,64,256] [--runs 5] [--batch 32]
-                                   [--threads 2] [--json FILE]
+                                   [--threads 2] [--device cpu|cuda] [--json FILE]
                                    [--styles official,activations,activations-last]
 
 DIR is an HF GPT-2 directory (config.json + model.safetensors), e.g. one written by
@@ -10,7 +10,9 @@ DIR is an HF GPT-2 directory (config.json + model.safetensors), e.g. one written
 that docs/BENCHMARKS.md compares revattn against. The speed issue's targets: revattn's RA latency
 ≤ 1.0× "torch official" at T = 64 and ≤ 1.5× at T = 256.
 
-What is measured (float32, model.eval(), torch.set_num_threads(--threads), CPU only):
+What is measured (float32, model.eval(), torch.set_num_threads(--threads), on the CPU or, with
+--device cuda, on the first CUDA GPU: the model and every tensor there, the device synchronized
+before each clock reading, R copied to the host inside the timed run as revattn reads it back):
 
 1. RA latency for one prompt, all L·NH heads, the `nll` loss −Σ log p(target) at the last prompt
    position with one target token. The prompt is exactly the one `revattn bench` uses: T token ids
@@ -87,6 +89,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=5, help="warm runs per measurement (default 5)")
     p.add_argument("--batch", type=int, default=32, help="prompts in the batched forward (default 32; 0 skips it)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where torch runs (default cpu)")
     p.add_argument("--json", type=Path, help="write every number to this JSON file")
     p.add_argument(
         "--styles",
@@ -182,7 +185,7 @@ def check_model_dir(model_dir: Path) -> None:
         fail(f"--model {model_dir}: model_type is {cfg.get('model_type')!r}, not 'gpt2'")
 
 
-def load_model(model_dir: Path):
+def load_model(model_dir: Path, device: str):
     import torch
     from transformers import GPT2LMHeadModel
 
@@ -193,7 +196,12 @@ def load_model(model_dir: Path):
     except Exception as e:  # noqa: BLE001 — any load failure is a bad model directory
         msg = " ".join(str(e).split())
         fail(f"--model {model_dir}: cannot load GPT-2 ({type(e).__name__}: {msg[:200]})")
-    return model.eval()
+    return model.to(device).eval()
+
+
+def synchronizer(torch, device: str):
+    """Waits for the device's queued work (CUDA runs asynchronously): call before reading a clock."""
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
 
 # ---------------------------------------------------------------- RA latency
@@ -202,8 +210,9 @@ def load_model(model_dir: Path):
 class RaRunner:
     """Hooks on every layer (V from attn.c_attn's output, G at attn.c_proj's input) and one timed RA run."""
 
-    def __init__(self, model, torch):
+    def __init__(self, model, torch, device: str):
         self.model, self.torch = model, torch
+        self.sync = synchronizer(torch, device)
         cfg = model.config
         self.L, self.NH, self.C = cfg.n_layer, cfg.n_head, cfg.n_embd
         self.hs = self.C // self.NH
@@ -230,7 +239,8 @@ class RaRunner:
 
     def run(self, style: str, ids, target: int):
         """One RA run. Returns (R [L, NH, T, T], forward s, backward s, R s)."""
-        torch, model = self.torch, self.model
+        torch, model, sync = self.torch, self.model, self.sync
+        sync()
         t0 = time.perf_counter()
         if style == "official":
             model.zero_grad(set_to_none=True)
@@ -241,12 +251,14 @@ class RaRunner:
             out = model(inputs_embeds=emb, output_attentions=True, use_cache=False, logits_to_keep=keep)
         logits_last = out.logits[0, -1]
         loss = -torch.log_softmax(logits_last, dim=-1)[target]
+        sync()
         t1 = time.perf_counter()
         loss.backward()
+        sync()
         t2 = time.perf_counter()
         L, NH, hs = self.L, self.NH, self.hs
         T = ids.shape[1]
-        R = torch.empty(L, NH, T, T)
+        R = torch.empty(L, NH, T, T, device=ids.device)
         scale = 1.0 / math.sqrt(hs)
         with torch.no_grad():
             for l in range(L):
@@ -255,6 +267,7 @@ class RaRunner:
                 V = self.V[l].reshape(T, NH, hs).transpose(0, 1)
                 dA = torch.matmul(G, V.transpose(1, 2))  # ∂L/∂A, [NH, T, T]
                 R[l] = A * (dA - (A * dA).sum(-1, keepdim=True)) * scale
+            R = R.cpu()  # one host tensor (a no-op on the CPU)
         t3 = time.perf_counter()
         self.V = [None] * L
         self.G = [None] * L
@@ -265,7 +278,7 @@ def bench_ra(model, torch, args) -> tuple[list[dict], dict | None]:
     cfg = model.config
     vocab = cfg.vocab_size
     target = vocab // 3
-    runner = RaRunner(model, torch)
+    runner = RaRunner(model, torch, args.device)
     check_t = 64 if 64 in args.seq else args.seq[0]
     rows, check = [], None
     print(
@@ -275,7 +288,7 @@ def bench_ra(model, torch, args) -> tuple[list[dict], dict | None]:
     hdr = f"{'style':<17} {'T':>5} {'cold ms':>10} {'warm med ms':>12} {'min ms':>10} {'fwd ms':>9} {'bwd ms':>9} {'R ms':>8} {'RSS MiB':>8}"
     print(hdr)
     for t in args.seq:
-        ids = torch.tensor([synthetic_ids(t, vocab)], dtype=torch.long)
+        ids = torch.tensor([synthetic_ids(t, vocab)], dtype=torch.long, device=args.device)
         maps = {}
         for style in args.styles:
             runner.set_style(style)
@@ -355,6 +368,8 @@ def bench_batched(model, torch, args) -> list[dict]:
     mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
     ids = ids * mask  # right padding with id 0 (masked out anyway)
     last = lengths - 1
+    ids, mask, last = ids.to(args.device), mask.to(args.device), last.to(args.device)
+    sync = synchronizer(torch, args.device)
     rows = []
     print(
         f"\nBatched forward: B = {B} prompts, lengths {int(lengths.min())}..{int(lengths.max())} "
@@ -374,7 +389,9 @@ def bench_batched(model, torch, args) -> list[dict]:
         def once():
             with torch.no_grad():
                 h = model.transformer(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-                return model.lm_head(h[torch.arange(B), last])  # [B, vocab]
+                logits = model.lm_head(h[torch.arange(B, device=h.device), last])  # [B, vocab]
+            sync()
+            return logits
 
         start = time.perf_counter()
         once()
@@ -424,7 +441,9 @@ def main(argv: list[str]) -> int:
     torch.manual_seed(0)
     rss_import = peak_rss_mib()
     t0 = time.perf_counter()
-    model = load_model(model_dir)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda: torch sees no CUDA GPU")
+    model = load_model(model_dir, args.device)
     load_ms = (time.perf_counter() - t0) * 1e3
     cfg = model.config
     if bad := [t for t in args.seq if not 1 <= t <= cfg.n_positions]:
@@ -433,6 +452,9 @@ def main(argv: list[str]) -> int:
     par = parallel_summary(torch)
     cpu = f"{cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system().lower()}"
     print(f"machine  {cpu}")
+    gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else None
+    if gpu:
+        print(f"device   {gpu} (CUDA {torch.version.cuda})")
     print(f"torch    {torch.__version__} (transformers {transformers.__version__}, Python {platform.python_version()})")
     print(f"parallel {par}")
     print(
@@ -455,6 +477,8 @@ def main(argv: list[str]) -> int:
             "python": platform.python_version(),
             "parallel": par,
             "threads": args.threads,
+            "device": args.device,
+            "gpu": gpu,
             "model": str(model_dir),
             "config": {
                 "n_layer": cfg.n_layer,

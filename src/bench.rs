@@ -13,8 +13,7 @@ use serde_json::json;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::gpu::BackendChoice;
-use crate::gpu::GpuContext;
+use crate::gpu::{BackendChoice, GpuContext, KernelProfile};
 use crate::layers::WeightFormat;
 use crate::loss::{LossKind, Sequence, TrainBatch};
 use crate::model::Model;
@@ -144,17 +143,32 @@ pub fn run(args: &BenchArgs) -> Result<Vec<LatencyRow>> {
     let gemms = if args.latency_only {
         Vec::new()
     } else {
-        println!("\nGEMMs at T = {gemm_t} (C = A·B, A M×K):");
-        println!(
-            "{:<28} {:>6} {:>6} {:>6} {:>10} {:>9}",
-            "shape", "M", "K", "N", "ms", "GFLOP/s"
+        // A GEMM of T = 64 takes tens of milliseconds on a CPU adapter and microseconds on a
+        // GPU, where a submit's round trip would dominate a few.
+        let (reps, portable_column) = match engine.ctx.profile {
+            KernelProfile::CpuAdapter => (3, ""),
+            KernelProfile::Gpu => (200, "portable"),
+        };
+        println!("\nGEMMs at T = {gemm_t} (C = A·B, A M×K), {reps} in one submit, best of 3:");
+        let header = format!(
+            "{:<28} {:>6} {:>6} {:>6} {:>10} {:>9} {:>9}",
+            "shape", "M", "K", "N", "ms", "GFLOP/s", portable_column
         );
-        let gemms = gemm_throughput(&engine.ctx, &cfg, gemm_t, 3, args.weights)?;
+        println!("{}", header.trim_end());
+        let gemms = gemm_throughput(&engine.ctx, &cfg, gemm_t, reps, args.weights)?;
         for g in &gemms {
-            println!(
-                "{:<28} {:>6} {:>6} {:>6} {:>10.3} {:>9.2}",
-                g.name, g.m, g.k, g.n, g.ms, g.gflops
+            let portable = g.portable_gflops.map(|x| format!("{x:.2}"));
+            let line = format!(
+                "{:<28} {:>6} {:>6} {:>6} {:>10.3} {:>9.2} {:>9}",
+                g.name,
+                g.m,
+                g.k,
+                g.n,
+                g.ms,
+                g.gflops,
+                portable.unwrap_or_default()
             );
+            println!("{}", line.trim_end());
         }
         gemms
     };
@@ -484,6 +498,20 @@ fn batched_forward(
     }))
 }
 
+/// The instance of a bench GEMM with operation `op`: B of nn and nt is a weight matrix, read by
+/// `weight_linear` where weights are not f32; B of tn is an f32 gradient.
+fn instance_for<'a>(
+    op: crate::layers::linear::GemmOp,
+    f32_linear: &'a crate::layers::linear::Linear,
+    weight_linear: &'a Option<crate::layers::linear::Linear>,
+) -> &'a crate::layers::linear::Linear {
+    use crate::layers::linear::GemmOp;
+    match (op, weight_linear) {
+        (GemmOp::NN | GemmOp::NT, Some(l)) => l,
+        _ => f32_linear,
+    }
+}
+
 /// One GEMM shape's throughput.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GemmRow {
@@ -495,6 +523,9 @@ pub struct GemmRow {
     pub op: String,
     pub ms: f64,
     pub gflops: f64,
+    /// Real GPUs: the same shape on the portable kernels (`linear.wgsl`), for comparison.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub portable_gflops: Option<f64>,
 }
 
 /// Times each GEMM shape of the model at sequence length `t` (forward y = x·W, backward dx = dy·Wᵀ,
@@ -511,8 +542,8 @@ pub fn gemm_throughput(
     weights: WeightFormat,
 ) -> Result<Vec<GemmRow>> {
     use crate::layers::linear::{
-        texel_format, texture_gemms_available, weights_fit_textures, Gemm, GemmOp, Linear, Operand,
-        Weight,
+        texel_format, texture_gemms_available, weights_fit_textures, Gemm, GemmKernels, GemmOp,
+        Linear, Operand, Weight,
     };
     use crate::layers::{execute, max_scratch_texels, PlanBuilder, TextureBinding};
     let f32_linear = Linear::new(ctx);
@@ -538,6 +569,14 @@ pub fn gemm_throughput(
         ("fc proj dW  hᵀ·dx", f, t, c, TN),
         ("lm_head row  x·wteᵀ", 1, c, v.min(32_768), NT),
     ];
+    // Real GPUs: the portable kernels timed beside the tiled ones the engine takes, the gain of
+    // staging through workgroup memory shape by shape.
+    let portable = (ctx.profile == KernelProfile::Gpu).then(|| {
+        let f32_linear = Linear::with_kernels(ctx, GemmKernels::Portable, WeightFormat::F32);
+        let weight_linear = (weights != WeightFormat::F32)
+            .then(|| Linear::with_kernels(ctx, GemmKernels::Portable, weights));
+        (f32_linear, weight_linear)
+    });
     let mut rows = Vec::new();
     for (name, m, k, n, op) in shapes {
         let a = ctx.storage("a", 4 * (m * k) as u64);
@@ -548,10 +587,6 @@ pub fn gemm_throughput(
             TN => (m, n),
         };
         let out = ctx.storage("c", 4 * (m * n) as u64);
-        let linear = match (op, &weight_linear) {
-            (NN | NT, Some(l)) => l,
-            _ => &f32_linear,
-        };
         let weight_texture = (textured && op != TN && m > 1).then(|| {
             let bytes = vec![0u8; k * n * weights.bytes_per_weight()];
             ctx.upload_texels("bench weight", &bytes, texel_format(weights))
@@ -561,67 +596,79 @@ pub fn gemm_throughput(
             let bytes = vec![0u8; k * n * weights.bytes_per_weight()];
             ctx.upload_texels("bench wte chunk", &bytes, texel_format(weights))
         });
-        let mut plan = PlanBuilder::new(ctx);
-        for _ in 0..reps {
-            match (&weight_texture, op) {
-                (Some(w), NN) => linear.forward(
-                    &mut plan,
-                    &out,
-                    &a,
-                    Weight::Texture(w),
-                    None,
-                    None,
-                    (m, k, n),
-                ),
-                // dx (m, n) = dy (m, k) · Wᵀ with W (n, k)
-                (Some(w), _) => {
-                    linear.backward_input(&mut plan, &out, &a, Weight::Texture(w), (m, n, k))
-                }
-                (None, _) => {
-                    let g = Gemm {
-                        m,
-                        n,
-                        k,
-                        a: Operand::new(&a, lda),
-                        b: Operand::new(&b, ldb),
-                        op,
-                        c: Operand::new(&out, n),
-                        bias: None,
-                        residual: None,
-                        accumulate: false,
-                        gelu: None,
-                        a_texture: None,
-                        out_texture: None,
-                    };
-                    match &lm_head_texture {
-                        Some(w) => linear.gemm_with_staged_b(
-                            &mut plan,
-                            "bench",
-                            &g,
-                            Some(TextureBinding::View(w.clone())),
-                        ),
-                        None => linear.gemm(&mut plan, "bench", &g),
+        // ms per GEMM of `linear`'s choice for this shape
+        let time = |linear: &Linear| -> Result<f64> {
+            let mut plan = PlanBuilder::new(ctx);
+            for _ in 0..reps {
+                match (&weight_texture, op) {
+                    (Some(w), NN) => linear.forward(
+                        &mut plan,
+                        &out,
+                        &a,
+                        Weight::Texture(w),
+                        None,
+                        None,
+                        (m, k, n),
+                    ),
+                    // dx (m, n) = dy (m, k) · Wᵀ with W (n, k)
+                    (Some(w), _) => {
+                        linear.backward_input(&mut plan, &out, &a, Weight::Texture(w), (m, n, k))
+                    }
+                    (None, _) => {
+                        let g = Gemm {
+                            m,
+                            n,
+                            k,
+                            a: Operand::new(&a, lda),
+                            b: Operand::new(&b, ldb),
+                            op,
+                            c: Operand::new(&out, n),
+                            bias: None,
+                            residual: None,
+                            accumulate: false,
+                            gelu: None,
+                            a_texture: None,
+                            out_texture: None,
+                        };
+                        match &lm_head_texture {
+                            Some(w) => linear.gemm_with_staged_b(
+                                &mut plan,
+                                "bench",
+                                &g,
+                                Some(TextureBinding::View(w.clone())),
+                            ),
+                            None => linear.gemm(&mut plan, "bench", &g),
+                        }
                     }
                 }
             }
-        }
-        let plan = plan.finish();
-        execute(ctx, &plan)?; // JIT + warm-up
-        let mut best = f64::INFINITY;
-        for _ in 0..3 {
-            let start = Instant::now();
-            execute(ctx, &plan)?;
-            best = best.min(start.elapsed().as_secs_f64() * 1e3 / reps as f64);
-        }
-        let gflops = 2.0 * (m * n * k) as f64 / (best * 1e6);
+            let plan = plan.finish();
+            execute(ctx, &plan)?; // JIT + warm-up
+            let mut best = f64::INFINITY;
+            for _ in 0..3 {
+                let start = Instant::now();
+                execute(ctx, &plan)?;
+                best = best.min(start.elapsed().as_secs_f64() * 1e3 / reps as f64);
+            }
+            Ok(best)
+        };
+        let gflops = |ms: f64| 2.0 * (m * n * k) as f64 / (ms * 1e6);
+        let ms = time(instance_for(op, &f32_linear, &weight_linear))?;
+        let portable_gflops = match &portable {
+            Some((f32_linear, weight_linear)) => {
+                Some(gflops(time(instance_for(op, f32_linear, weight_linear))?))
+            }
+            None => None,
+        };
         rows.push(GemmRow {
             name: name.to_string(),
             m,
             k,
             n,
             op: format!("{op:?}").to_lowercase(),
-            ms: best,
-            gflops,
+            ms,
+            gflops: gflops(ms),
+            portable_gflops,
         });
     }
     Ok(rows)
