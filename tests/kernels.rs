@@ -124,6 +124,9 @@ fn check_linear(ctx: &GpuContext, linear: &Linear, format: WeightFormat) {
         (21, 44, 52),
         (11, 20, 36),
         (23, 132, 8),
+        // over two tiles of the tiled kernels in M and N, ragged, whole and split along K
+        (129, 24, 131),
+        (150, 520, 140),
     ];
     for &(m, k, n) in &shapes {
         let x = rng.vec(m * k, 1.0);
@@ -286,14 +289,16 @@ fn gelu_epilogues_match_reference() {
     let mut rng = Rng(9);
     for kernels in FAMILIES {
         let linear = Linear::with_kernels(&ctx, kernels, WeightFormat::F32);
-        // the last with K long enough for the tiled kernels to split it (sum_k_slices applies
-        // the epilogue)
+        // (9, 256, 40) and (130, 96, 132) with K long enough for the tiled kernels to split it
+        // (sum_k_slices applies the epilogue)
         for &(m, k, n) in &[
             (1, 8, 12),
             (5, 13, 7),
             (21, 36, 44),
             (70, 64, 132),
             (9, 256, 40),
+            (140, 24, 136),
+            (130, 96, 132),
         ] {
             let x = rng.vec(m * k, 1.0);
             let w = rng.vec(k * n, 0.5);
@@ -1242,17 +1247,37 @@ fn chunked_readback_returns_every_group_whole() {
         assert_eq!(got, want, "readback in chunks of {chunk} bytes");
     }
     println!("chunked readback: 58 values in 3 groups, chunks of 8, 24, 56 bytes and 1 MiB, exact");
+    // one large group (over the 16 MiB that the copy splits across threads), in chunks that
+    // end inside its buffers
+    let big: Vec<Vec<f32>> = [3_000_001, 2_000_003].map(|n| rng.vec(n, 1.0)).to_vec();
+    let big_buffers: Vec<wgpu::Buffer> = big.iter().map(|v| ctx.upload("big", v)).collect();
+    let pairs: Vec<(&wgpu::Buffer, usize)> = big_buffers
+        .iter()
+        .zip(&big)
+        .map(|(b, v)| (b, v.len()))
+        .collect();
+    for chunk in [7 << 20, 64 << 20] {
+        let got = ctx.read_f32_groups_in_chunks(&[&pairs], chunk).unwrap();
+        assert!(
+            got[0] == big.concat(),
+            "20 MB readback in chunks of {chunk} bytes"
+        );
+    }
+    println!("chunked readback: 5000004 values in one group, chunks of 7 and 64 MiB, exact");
 }
 
 /// How the tiled kernels split a GEMM along K: the slices cover K exactly, each a whole number of
 /// the kernel's 16-step K tiles, their partial products fit the buffer; GEMMs with many tiles
-/// or a short K stay whole. (check_linear's (5, 768, 2304) and (1, 3072, 768) take splits.)
+/// or a short K stay whole. (check_linear's (5, 768, 2304), (1, 3072, 768) and (150, 520, 140)
+/// take splits.)
 #[test]
 fn split_k_slices_cover_k_and_fit_their_buffer() {
     use revattn::layers::linear::{split_k, SPLIT_K_PARTIAL_BYTES};
-    assert!(split_k(5, 768, 2304).is_some() && split_k(1, 3072, 768).is_some());
-    assert_eq!(split_k(7, 33, 5), None, "K of 3 steps stays whole");
-    assert_eq!(split_k(4096, 768, 3072), None, "768 tiles of C stay whole");
+    for (m, k, n) in [(5, 768, 2304), (1, 3072, 768), (150, 520, 140)] {
+        assert!(split_k(m, n, k).is_some(), "M{m} K{k} N{n}");
+    }
+    assert_eq!(split_k(7, 5, 33), None, "K of 3 steps stays whole");
+    assert_eq!(split_k(4096, 3072, 768), None, "3072 tiles of C stay whole");
     let mut rng = Rng(23);
     for _ in 0..2000 {
         let (m, n, k) = (
@@ -1262,17 +1287,12 @@ fn split_k_slices_cover_k_and_fit_their_buffer() {
         );
         if let Some((slices, k_slice)) = split_k(m, n, k) {
             let (slices, k_slice) = (slices as usize, k_slice as usize);
-            assert!(
-                slices >= 2 && k_slice % 16 == 0,
-                "M{m} N{n} K{k}: {slices}×{k_slice}"
-            );
-            assert!(
-                (slices - 1) * k_slice < k && k <= slices * k_slice,
-                "M{m} N{n} K{k}"
-            );
+            let tag = format!("M{m} N{n} K{k}: {slices}×{k_slice}");
+            assert!(slices >= 2 && k_slice % 16 == 0, "{tag}");
+            assert!((slices - 1) * k_slice < k && k <= slices * k_slice, "{tag}");
             assert!(
                 (slices * m * n * 4) as u64 <= SPLIT_K_PARTIAL_BYTES,
-                "M{m} N{n} K{k}"
+                "{tag}"
             );
         }
     }
