@@ -1,7 +1,8 @@
 //! `revattn bench`: RA latency (forward + backward + RA readback for every head, `nll` loss) per
 //! sequence length: the cold first run (buffer allocation, plan building, shader JIT) apart from
 //! the warm median, and peak host memory; the growth from one length to the next, from warm runs
-//! round-robin over the lengths; GFLOP/s of every GEMM shape; where one RA pass spends
+//! round-robin over the lengths; GFLOP/s of every GEMM shape (on real GPUs beside the portable
+//! kernels' on the same shape); where one RA pass spends
 //! its time per kernel (GEMMs, attention with its GFLOP/s, the rest); batched forward throughput
 //! (B prompts of mixed lengths, right-padded); the GPU buffers held. Results go to stdout and,
 //! optionally, JSON.
