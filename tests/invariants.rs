@@ -10,8 +10,33 @@ use revattn::layers::WeightFormat;
 use revattn::loss::{LossKind, LossRequest, Sequence};
 use revattn::model::Model;
 use revattn::pass::Backend;
-use revattn::pass::{AttentionPatch, ForwardOptions, Readback};
-use revattn::reference::{self, CpuReference};
+use revattn::pass::{AttentionPatch, ForwardOptions, PassOutput, Readback};
+use revattn::reference::{self, CpuPass, CpuReference};
+
+/// A pass read back with attention and dL/dh against the float64 reference: loss, logits and A
+/// at 1e-5 relative, R and dL/dh at 1e-4.
+fn assert_pass_matches(tag: &str, g: &PassOutput, c: &CpuPass) {
+    assert_close(&format!("{tag} loss"), &[g.loss as f32], &[c.loss], 1e-5);
+    assert_close(&format!("{tag} logits"), &g.logits, &c.logits, 1e-5);
+    assert_close(
+        &format!("{tag} attention"),
+        g.attention.as_ref().unwrap(),
+        &c.attention,
+        1e-5,
+    );
+    assert_close(
+        &format!("{tag} RA"),
+        g.reversed_attention.as_ref().unwrap(),
+        &c.reversed_attention,
+        1e-4,
+    );
+    assert_close(
+        &format!("{tag} dL/dh"),
+        g.hidden_grads.as_ref().unwrap(),
+        &c.hidden_grads,
+        1e-4,
+    );
+}
 
 fn fixture(name: &str) -> Model {
     Model::load(
@@ -428,26 +453,7 @@ fn f16_weights_match_the_reference_on_rounded_weights() {
                 &ForwardOptions::default(),
             );
             let tag = format!("{name} {} f16 weights", kind.name());
-            assert_close(&format!("{tag} loss"), &[g.loss as f32], &[c.loss], 1e-5);
-            assert_close(&format!("{tag} logits"), &g.logits, &c.logits, 1e-5);
-            assert_close(
-                &format!("{tag} attention"),
-                g.attention.as_ref().unwrap(),
-                &c.attention,
-                1e-5,
-            );
-            assert_close(
-                &format!("{tag} RA"),
-                g.reversed_attention.as_ref().unwrap(),
-                &c.reversed_attention,
-                1e-4,
-            );
-            assert_close(
-                &format!("{tag} dL/dh"),
-                g.hidden_grads.as_ref().unwrap(),
-                &c.hidden_grads,
-                1e-4,
-            );
+            assert_pass_matches(&tag, &g, &c);
         }
         let batch = revattn::loss::TrainBatch {
             b: 1,
@@ -533,26 +539,7 @@ fn real_gpu_kernels_match_the_reference() {
                     kind.name(),
                     seq.loss.rows.len()
                 );
-                assert_close(&format!("{tag} loss"), &[g.loss as f32], &[c.loss], 1e-5);
-                assert_close(&format!("{tag} logits"), &g.logits, &c.logits, 1e-5);
-                assert_close(
-                    &format!("{tag} attention"),
-                    g.attention.as_ref().unwrap(),
-                    &c.attention,
-                    1e-5,
-                );
-                assert_close(
-                    &format!("{tag} RA"),
-                    g.reversed_attention.as_ref().unwrap(),
-                    &c.reversed_attention,
-                    1e-4,
-                );
-                assert_close(
-                    &format!("{tag} dL/dh"),
-                    g.hidden_grads.as_ref().unwrap(),
-                    &c.hidden_grads,
-                    1e-4,
-                );
+                assert_pass_matches(&tag, &g, &c);
             }
         }
     }
