@@ -1571,6 +1571,7 @@ impl MemoryEstimate {
             .chain(&wte)
             .chain(&block)
             .copied()
+            .chain((gemm_partials > 0).then_some(crate::layers::linear::SPLIT_K_PARTIAL_BYTES))
             .max()
             .unwrap_or(0);
         let textures = limits.scratch_texels.map_or(0, |max_texels| {

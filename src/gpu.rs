@@ -405,7 +405,8 @@ impl GpuContext {
         buffer
     }
 
-    /// Copies `(buffer, f32 count)` pairs to the host in one submit and one map.
+    /// Copies `(buffer, f32 count)` pairs to the host: one submit and one map per chunk of at
+    /// most `READBACK_CHUNK_BYTES` (see `read_f32_groups`).
     pub fn read_f32(&self, sources: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
         let groups: Vec<&[(&wgpu::Buffer, usize)]> =
             sources.iter().map(std::slice::from_ref).collect();

@@ -50,7 +50,7 @@ const TILED_TILE: u32 = 64;
 const TILED_K_STEP: u32 = 16;
 /// A tiled GEMM with few tiles of C is split along K into up to this many workgroups in all
 /// (more than a large GPU's compute units: the one-prompt GEMMs have 1–50 tiles and K up to the
-/// vocabulary), each slice at least `SPLIT_K_MIN_STEPS` steps of K long.
+/// vocabulary), each slice but the last at least `SPLIT_K_MIN_STEPS` steps of K long.
 const SPLIT_K_WORKGROUPS: u32 = 1024;
 const SPLIT_K_MIN_STEPS: u32 = 4;
 /// The partial products of a split GEMM, `linear_tiled.wgsl`'s `partial`: slices × M × N
@@ -262,6 +262,7 @@ impl Linear {
             GemmKernels::Subgroup | GemmKernels::Texture if !ctx.subgroups_of_8 => {
                 GemmKernels::Portable
             }
+            GemmKernels::Tiled if !tiled_gemms_available(ctx) => GemmKernels::Portable,
             kernels => kernels,
         };
         Linear {
@@ -1023,7 +1024,15 @@ impl Family {
 
 /// Whether `Linear::for_weights` takes the tiled family on this adapter (real GPUs).
 pub fn tiled_gemms_chosen(ctx: &GpuContext) -> bool {
-    ctx.profile == KernelProfile::Gpu
+    ctx.profile == KernelProfile::Gpu && tiled_gemms_available(ctx)
+}
+
+/// Whether the adapter runs the tiled kernels: 256 invocations per workgroup (an OpenGL ES
+/// 3.1 driver need allow only 128) and their two 4352-byte slices of workgroup memory.
+pub fn tiled_gemms_available(ctx: &GpuContext) -> bool {
+    ctx.limits.max_compute_invocations_per_workgroup >= 256
+        && ctx.limits.max_compute_workgroup_size_x >= 256
+        && ctx.limits.max_compute_workgroup_storage_size >= 2 * 272 * 16
 }
 
 /// Whether `Linear::for_weights` takes the texture family on this adapter.
