@@ -248,6 +248,14 @@ fn info(choice: BackendChoice) -> Result<()> {
             "not available"
         }
     );
+    let gemms = if revattn::layers::linear::texture_gemms_available(&ctx) {
+        "texture tiles (operands staged into storage textures), buffer kernels for other shapes"
+    } else if revattn::layers::linear::tiled_gemms_chosen(&ctx) {
+        "tiled (64×64 tiles through workgroup memory, split along K where C has few tiles)"
+    } else {
+        "portable"
+    };
+    println!("GEMM kernels: {gemms}");
     let l = &ctx.limits;
     println!("limits:");
     println!(
