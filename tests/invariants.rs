@@ -38,6 +38,35 @@ fn assert_pass_matches(tag: &str, g: &PassOutput, c: &CpuPass) {
     );
 }
 
+/// One RA pass of a fresh inference engine on `ctx`: `MemoryEstimate` (what `maps` prints and
+/// checks before it starts) is exactly the bytes the engine then holds.
+fn assert_estimate_matches(
+    tag: &str,
+    ctx: revattn::gpu::GpuContext,
+    model: &Model,
+    seq: &Sequence,
+    format: WeightFormat,
+) {
+    let mut engine = Engine::for_inference(ctx, model, format).unwrap();
+    engine
+        .run(seq, &ForwardOptions::default(), Readback::default())
+        .unwrap();
+    let want = revattn::engine::MemoryEstimate::for_sequence(
+        &model.config,
+        seq.len(),
+        seq.loss.rows.len(),
+        true,
+        format,
+        revattn::engine::AdapterLimits::of(&engine.ctx),
+    );
+    println!(
+        "{tag}: estimate {} B, engine holds {} B",
+        want.total(),
+        engine.gpu_bytes()
+    );
+    assert_eq!(want.total(), engine.gpu_bytes(), "{tag}");
+}
+
 fn fixture(name: &str) -> Model {
     Model::load(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -393,30 +422,13 @@ fn the_memory_estimate_matches_the_buffers_the_engine_holds() {
                     "{name}: the long target has 8 tokens or fewer"
                 );
             }
-            let mut engine = Engine::for_inference(gpu(), &model, format).unwrap();
-            engine
-                .run(&seq, &ForwardOptions::default(), Readback::default())
-                .unwrap();
-            let want = revattn::engine::MemoryEstimate::for_sequence(
-                &model.config,
-                seq.len(),
-                seq.loss.rows.len(),
-                true,
-                format,
-                revattn::engine::AdapterLimits::of(&engine.ctx),
-            );
             let tag = format!(
                 "{name} {} {} {} loss rows",
                 kind.name(),
                 format.as_str(),
                 seq.loss.rows.len()
             );
-            println!(
-                "{tag}: estimate {} B, engine holds {} B",
-                want.total(),
-                engine.gpu_bytes()
-            );
-            assert_eq!(want.total(), engine.gpu_bytes(), "{tag}");
+            assert_estimate_matches(&tag, gpu(), &model, &seq, format);
         }
     }
 }
@@ -487,30 +499,8 @@ fn real_gpu_kernels_match_the_reference() {
                 ctx
             };
             let seq = sequence(&model, "I like Italy.", " Florence", LossKind::Nll, true);
-            let mut engine = Engine::for_inference(gpu_profile(), &model, format).unwrap();
-            engine
-                .run(&seq, &ForwardOptions::default(), Readback::default())
-                .unwrap();
-            let want = revattn::engine::MemoryEstimate::for_sequence(
-                &model.config,
-                seq.len(),
-                seq.loss.rows.len(),
-                true,
-                format,
-                revattn::engine::AdapterLimits::of(&engine.ctx),
-            );
-            println!(
-                "{name} {} gpu kernels: estimate {} B, engine holds {} B",
-                format.as_str(),
-                want.total(),
-                engine.gpu_bytes()
-            );
-            assert_eq!(
-                want.total(),
-                engine.gpu_bytes(),
-                "{name} {}",
-                format.as_str()
-            );
+            let tag = format!("{name} {} gpu kernels", format.as_str());
+            assert_estimate_matches(&tag, gpu_profile(), &model, &seq, format);
             let mut engine = Engine::for_inference(gpu_profile(), &model, format).unwrap();
             let readback = Readback {
                 hidden_grads: true,
