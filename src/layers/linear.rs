@@ -256,7 +256,8 @@ impl Linear {
     }
 
     /// The families up to `kernels` that this adapter supports (the subgroup and texture
-    /// families need 8-lane subgroups); tests pick each family in turn.
+    /// families need 8-lane subgroups, the tiled one 256 invocations per workgroup; otherwise
+    /// the portable kernels); tests pick each family in turn.
     pub fn with_kernels(ctx: &GpuContext, kernels: GemmKernels, b_format: WeightFormat) -> Self {
         let kernels = match kernels {
             GemmKernels::Subgroup | GemmKernels::Texture if !ctx.subgroups_of_8 => {
@@ -930,7 +931,8 @@ fn epilogue(g: &Gemm) -> u32 {
 
 /// How a tiled GEMM of (M, N, K) splits along K: (slices, K per slice), or None when it keeps
 /// whole. Enough slices to bring the workgroups towards `SPLIT_K_WORKGROUPS`, as long as each
-/// slice keeps `SPLIT_K_MIN_STEPS` steps of K and the partial products fit their buffer.
+/// slice but the last keeps `SPLIT_K_MIN_STEPS` steps of K and the partial products fit their
+/// buffer.
 pub fn split_k(m: usize, n: usize, k: usize) -> Option<(u32, u32)> {
     let tiles = (m as u32).div_ceil(TILED_TILE) * (n as u32).div_ceil(TILED_TILE);
     let steps = (k as u32).div_ceil(TILED_K_STEP);
